@@ -1,0 +1,185 @@
+"""The one configuration object, built from ``PIPELINE_*`` variables at start-up.
+
+Components take plain values from it; nothing else in the package reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+# Pinned timeouts. They are constants, not settings: changing one is a code review, and
+# each component stamps them into its startup log line.
+HANDLER_DEADLINE = timedelta(seconds=10)
+CALL_TRIES_PER_ATTEMPT = 3
+# An attempt can take at most HANDLER_DEADLINE * CALL_TRIES_PER_ATTEMPT plus pauses (~31 s);
+# 25 minutes is ample headroom and far below the 80 minutes a default job rescuer allows.
+RESCUE_STUCK_AFTER = timedelta(minutes=25)
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class Secret(str):
+    """A string that never shows itself in repr, logs or tracebacks."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    database_url: str
+    kafka_bootstrap: str
+    provisioner_addr: str
+    topic_prefix: str = ""
+    backoff_scale: float = 1.0
+    max_attempts: int = 10
+    metrics_port: int = 9400
+    partitions: int = 6
+    relay_batch_size: int = 500
+    relay_poll_interval: float = 1.0
+    log_level: str = "INFO"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: Secret | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    provisioner_tls_ca: str | None = None
+    provisioner_tls_cert: str | None = None
+    provisioner_tls_key: str | None = None
+    data_dir: str = ".pipeline-data"
+
+    @property
+    def commands_topic(self) -> str:
+        return f"{self.topic_prefix}propagations"
+
+    @property
+    def outcomes_topic(self) -> str:
+        return f"{self.topic_prefix}propagation-outcomes"
+
+    @property
+    def processor_group(self) -> str:
+        return f"{self.topic_prefix}propagation-processor"
+
+    @property
+    def projection_name(self) -> str:
+        return f"{self.topic_prefix}propagation-projection"
+
+    def pinned(self) -> dict[str, Any]:
+        """Settings every startup log line carries."""
+        return {
+            "rescue_stuck_after_s": RESCUE_STUCK_AFTER.total_seconds(),
+            "handler_deadline_s": HANDLER_DEADLINE.total_seconds(),
+            "call_tries_per_attempt": CALL_TRIES_PER_ATTEMPT,
+            "max_attempts": self.max_attempts,
+            "backoff_scale": self.backoff_scale,
+            "topic_prefix": self.topic_prefix,
+        }
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Connection settings for aiokafka clients (producer, consumer, admin)."""
+        kw: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+            if self.kafka_ssl_certfile:
+                ctx.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+            kw["ssl_context"] = ctx
+        if self.kafka_security_protocol.startswith("SASL"):
+            kw["sasl_mechanism"] = self.kafka_sasl_mechanism
+            kw["sasl_plain_username"] = self.kafka_sasl_username
+            kw["sasl_plain_password"] = (
+                self.kafka_sasl_password.reveal() if self.kafka_sasl_password else None
+            )
+        return kw
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Config:
+        """Build from ``PIPELINE_*`` variables; flags given as ``overrides`` win.
+
+        Every problem is collected and reported at once, so an operator fixes a broken
+        deployment in one round trip.
+        """
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f"PIPELINE_{f.name.upper()}"
+            raw = overrides.get(f.name)
+            if raw is None:
+                raw = env.get(name)
+            if raw is None or raw == "":
+                if f.default is dataclasses.MISSING:
+                    problems.append(f"{name} is required")
+                continue
+            try:
+                values[f.name] = _coerce(f.name, raw)
+            except ValueError as exc:
+                problems.append(f"{name}={_shown(f.name, raw)!s}: {exc}")
+        if problems:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        problems: list[str] = []
+        if not 0 < self.backoff_scale <= 1000:
+            problems.append("PIPELINE_BACKOFF_SCALE must be in (0, 1000]")
+        if not 1 <= self.max_attempts <= 100:
+            problems.append("PIPELINE_MAX_ATTEMPTS must be between 1 and 100")
+        if not 0 <= self.metrics_port <= 65535:
+            problems.append("PIPELINE_METRICS_PORT must be a port number (0 = any free port)")
+        if not 1 <= self.partitions <= 1000:
+            problems.append("PIPELINE_PARTITIONS must be between 1 and 1000")
+        if not 1 <= self.relay_batch_size <= 10_000:
+            problems.append("PIPELINE_RELAY_BATCH_SIZE must be between 1 and 10000")
+        if self.kafka_security_protocol not in SECURITY_PROTOCOLS:
+            problems.append(f"PIPELINE_KAFKA_SECURITY_PROTOCOL must be one of {SECURITY_PROTOCOLS}")
+        if self.kafka_security_protocol.startswith("SASL"):
+            if self.kafka_sasl_mechanism not in SASL_MECHANISMS:
+                problems.append(f"PIPELINE_KAFKA_SASL_MECHANISM must be one of {SASL_MECHANISMS}")
+            if not self.kafka_sasl_username or not self.kafka_sasl_password:
+                problems.append("SASL needs PIPELINE_KAFKA_SASL_USERNAME and _PASSWORD")
+        if not self.database_url.startswith(("postgresql://", "postgres://", "host=", "dbname=")):
+            problems.append("PIPELINE_DATABASE_URL must be a postgresql:// URL or a conninfo string")
+        if ":" not in self.provisioner_addr:
+            problems.append("PIPELINE_PROVISIONER_ADDR must be host:port")
+        if problems:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+_INTS = {"max_attempts", "metrics_port", "partitions", "relay_batch_size"}
+_FLOATS = {"backoff_scale", "relay_poll_interval"}
+_SECRETS = {"kafka_sasl_password"}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    if name in _INTS:
+        return int(raw)
+    if name in _FLOATS:
+        return float(raw)
+    if name in _SECRETS:
+        return Secret(raw)
+    return str(raw)
+
+
+def _shown(name: str, raw: Any) -> str:
+    return "***" if name in _SECRETS else repr(raw)
