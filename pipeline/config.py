@@ -6,7 +6,7 @@ Components take plain values from it; nothing else in the package reads ``os.env
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,6 +21,7 @@ CALL_TRIES_PER_ATTEMPT = 3
 # 25 minutes is ample headroom and far below the 80 minutes a default job rescuer allows.
 RESCUE_STUCK_AFTER = timedelta(minutes=25)
 
+REQUIRED_FOR_ALL = ("database_url", "kafka_bootstrap", "provisioner_addr")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -37,9 +38,9 @@ class Secret(str):
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    database_url: str
-    kafka_bootstrap: str
-    provisioner_addr: str
+    database_url: str = ""
+    kafka_bootstrap: str = ""
+    provisioner_addr: str = ""
     topic_prefix: str = ""
     backoff_scale: float = 1.0
     max_attempts: int = 10
@@ -112,7 +113,12 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Config:
+    def from_env(
+        cls,
+        env: Mapping[str, str],
+        required: Collection[str] = REQUIRED_FOR_ALL,
+        **overrides: Any,
+    ) -> Config:
         """Build from ``PIPELINE_*`` variables; flags given as ``overrides`` win.
 
         Every problem is collected and reported at once, so an operator fixes a broken
@@ -126,8 +132,8 @@ class Config:
             if raw is None:
                 raw = env.get(name)
             if raw is None or raw == "":
-                if f.default is dataclasses.MISSING:
-                    problems.append(f"{name} is required")
+                if f.name in required:
+                    problems.append(f"{name} is required (or --{f.name.replace('_', '-')})")
                 continue
             try:
                 values[f.name] = _coerce(f.name, raw)
@@ -158,9 +164,9 @@ class Config:
                 problems.append(f"PIPELINE_KAFKA_SASL_MECHANISM must be one of {SASL_MECHANISMS}")
             if not self.kafka_sasl_username or not self.kafka_sasl_password:
                 problems.append("SASL needs PIPELINE_KAFKA_SASL_USERNAME and _PASSWORD")
-        if not self.database_url.startswith(("postgresql://", "postgres://", "host=", "dbname=")):
+        if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://", "host=", "dbname=")):
             problems.append("PIPELINE_DATABASE_URL must be a postgresql:// URL or a conninfo string")
-        if ":" not in self.provisioner_addr:
+        if self.provisioner_addr and ":" not in self.provisioner_addr:
             problems.append("PIPELINE_PROVISIONER_ADDR must be host:port")
         if problems:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

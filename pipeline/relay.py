@@ -1,0 +1,173 @@
+"""The relay: due outbox rows -> command events on the ``propagations`` topic.
+
+A batch is claimed with ``FOR UPDATE SKIP LOCKED``, published, and stamped only after the
+broker acknowledged every message, all inside one transaction: a crash before the stamp
+leaves the rows due (they are published again, and the processor de-duplicates), and two
+relays never publish the same row at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from pipeline import codec, logs
+from pipeline.config import RESCUE_STUCK_AFTER
+from pipeline.errors import StoreError
+from pipeline.events import Command, utcnow
+from pipeline.metrics import Metrics
+from pipeline.outbox import OutboxStore
+
+NOTIFY_CHANNEL = "pending_propagations"
+_log = logs.get("relay")
+
+
+def make_producer(client_kwargs: dict[str, Any]) -> AIOKafkaProducer:
+    # Idempotent, acks=all: a broker-side retry never duplicates or reorders within a key.
+    return AIOKafkaProducer(
+        **client_kwargs,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=2,
+        max_batch_size=256 * 1024,
+        compression_type=None,
+    )
+
+
+class Relay:
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        producer: AIOKafkaProducer,
+        topic: str,
+        metrics: Metrics,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        rescue_after: timedelta = RESCUE_STUCK_AFTER,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._url = database_url
+        self._producer = producer
+        self._topic = topic
+        self._metrics = metrics
+        self._batch = batch_size
+        self._poll = poll_interval
+        self._rescue_after = rescue_after
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def relay_once(self) -> int:
+        """Claim, publish and stamp one batch; returns how many rows were published."""
+        conn = await self._connection()
+        store = OutboxStore(conn)
+        try:
+            async with conn.transaction():
+                rows = await store.claim(self._batch)
+                if not rows:
+                    return 0
+                now = self._clock()
+                futures = []
+                for row in rows:
+                    cmd = Command.from_row(row, now)
+                    futures.append(
+                        await self._producer.send(
+                            self._topic, codec.encode(cmd), key=cmd.key.encode()
+                        )
+                    )
+                await asyncio.gather(*futures)
+                await store.stamp_published([r.id for r in rows], self._rescue_after)
+        except psycopg.Error as exc:
+            await self._reset_connection()
+            raise StoreError(f"relay transaction failed: {exc}") from exc
+        except StoreError:
+            await self._reset_connection()
+            raise
+        rescued = [r.id for r in rows if r.rescued]
+        self._metrics.relay_published.inc(len(rows))
+        if rescued:
+            self._metrics.relay_rescued.inc(len(rescued))
+            logs.event(_log, "rescued", count=len(rescued), ids=rescued[:20])
+        return len(rows)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        logs.event(
+            _log,
+            "started",
+            topic=self._topic,
+            batch_size=self._batch,
+            poll_interval_s=self._poll,
+            rescue_stuck_after_s=self._rescue_after.total_seconds(),
+        )
+        listener = asyncio.create_task(self._listen(stop))
+        failures = 0
+        try:
+            while not stop.is_set():
+                try:
+                    n = await self.relay_once()
+                    failures = 0
+                except (StoreError, KafkaError) as exc:
+                    failures += 1
+                    pause = min(0.2 * 2**failures, 10.0)
+                    logs.event(_log, "batch_failed", error=str(exc)[:500], retry_in_s=pause)
+                    await _sleep_or_stop(stop, pause)
+                    continue
+                if n >= self._batch:
+                    continue  # more is waiting: no nap between full batches
+                await self._nap(stop)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listener
+            await self._reset_connection()
+            logs.event(_log, "stopped")
+
+    async def _nap(self, stop: asyncio.Event) -> None:
+        self._wake.clear()
+        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """LISTEN for inserts; reconnects on failure, the poll covers any gap."""
+        while not stop.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except psycopg.Error as exc:
+                logs.event(_log, "listen_failed", error=str(exc)[:300])
+                await _sleep_or_stop(stop, 1.0)
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+            except psycopg.Error as exc:
+                raise StoreError(f"cannot connect to Postgres: {exc}") from exc
+        return self._conn
+
+    async def _reset_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

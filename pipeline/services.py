@@ -1,0 +1,153 @@
+"""Long-running components as processes: wiring config into relay, worker and projector.
+
+This is the composition root: the only place that turns a ``Config`` into objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+from pipeline import logs, metrics as metrics_mod
+from pipeline.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE, Config
+from pipeline.metrics import Metrics
+from pipeline.registry import build_registry
+from pipeline.topics import ensure_topics
+
+_log = logs.get("services")
+
+
+def new_metrics() -> Metrics:
+    return Metrics(build_registry().kinds)
+
+
+def provisioner_factory(cfg: Config) -> Callable[[], object]:
+    def factory() -> object:
+        from pipeline.provisioner_client import GrpcProvisioner
+
+        return GrpcProvisioner(
+            cfg.provisioner_addr,
+            deadline=HANDLER_DEADLINE.total_seconds(),
+            tries=CALL_TRIES_PER_ATTEMPT,
+            tls_ca=cfg.provisioner_tls_ca,
+            tls_cert=cfg.provisioner_tls_cert,
+            tls_key=cfg.provisioner_tls_key,
+        )
+
+    return factory
+
+
+async def _serve_until_signal(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await run(stop)
+
+
+def run_relay(cfg: Config) -> int:
+    from pipeline.relay import Relay, make_producer
+
+    metrics = new_metrics()
+    port = metrics_mod.serve(metrics, cfg.metrics_port)
+    logs.event(logs.get("relay"), "metrics_serving", port=port, **cfg.pinned())
+
+    async def main(stop: asyncio.Event) -> None:
+        kw = cfg.kafka_client_kwargs()
+        await ensure_topics(kw, [cfg.commands_topic, cfg.outcomes_topic], cfg.partitions)
+        producer = make_producer(kw)
+        await producer.start()
+        try:
+            relay = Relay(
+                database_url=cfg.database_url,
+                producer=producer,
+                topic=cfg.commands_topic,
+                metrics=metrics,
+                batch_size=cfg.relay_batch_size,
+                poll_interval=cfg.relay_poll_interval,
+            )
+            await relay.run(stop)
+        finally:
+            await producer.stop()  # flushes what was sent
+
+    asyncio.run(_serve_until_signal(main))
+    return 0
+
+
+def run_projector(cfg: Config) -> int:
+    from pipeline.projections.projector import Projector
+
+    metrics = new_metrics()
+    port = metrics_mod.serve(metrics, cfg.metrics_port)
+    logs.event(logs.get("projector"), "metrics_serving", port=port, **cfg.pinned())
+
+    async def main(stop: asyncio.Event) -> None:
+        kw = cfg.kafka_client_kwargs()
+        await ensure_topics(kw, [cfg.commands_topic, cfg.outcomes_topic], cfg.partitions)
+        await Projector(
+            database_url=cfg.database_url,
+            client_kwargs=kw,
+            topic=cfg.outcomes_topic,
+            projection=cfg.projection_name,
+            metrics=metrics,
+        ).run(stop)
+
+    asyncio.run(_serve_until_signal(main))
+    return 0
+
+
+def run_worker(cfg: Config) -> int:
+    from pipeline.streams.app import run_worker as faust_worker
+
+    metrics = new_metrics()
+    port = metrics_mod.serve(metrics, cfg.metrics_port)
+    logs.event(logs.get("worker"), "metrics_serving", port=port)
+    return faust_worker(cfg, metrics, provisioner_factory(cfg))
+
+
+COMPONENTS = ("relay", "worker", "project")
+
+
+def run_all(cfg: Config, env: dict[str, str]) -> int:
+    """Relay, worker and projector as three supervised processes on one machine.
+
+    Separate processes because faust owns its event loop and signal handling; metrics are
+    served on PIPELINE_METRICS_PORT and the next two ports.
+    """
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def stop_all(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    for offset, name in enumerate(COMPONENTS):
+        child_env = dict(env)
+        if cfg.metrics_port:
+            child_env["PIPELINE_METRICS_PORT"] = str(cfg.metrics_port + offset)
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", name], env=child_env
+        )
+    logs.event(_log, "run_started", pids={n: p.pid for n, p in procs.items()}, **cfg.pinned())
+    rc = 0
+    while True:
+        alive = {n: p for n, p in procs.items() if p.poll() is None}
+        dead = {n: p.returncode for n, p in procs.items() if p.returncode is not None}
+        if dead and not stopping:
+            logs.event(_log, "component_exited", exited=dead)
+            rc = 1
+            stop_all(signal.SIGTERM, None)
+        if not alive:
+            break
+        time.sleep(0.2)
+    logs.event(_log, "run_stopped", rc=rc)
+    return rc

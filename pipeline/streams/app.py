@@ -1,0 +1,175 @@
+"""The faust-streaming processor: ``propagations`` -> handlers -> ``propagation-outcomes``.
+
+One agent instance (concurrency 1) per worker process: events of a partition are handled
+in offset order, so per-resource order holds and faust never commits past an event whose
+outcome is not yet in the producer (faust flushes the producer before each commit; the
+known issue with concurrency > 1 committing too far does not arise).
+
+Redelivered (propagation_id, attempt) pairs are recognised with a faust table backed by
+its changelog topic, so de-duplication survives restarts and rebalances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from pipeline import codec, logs
+from pipeline.config import Config
+from pipeline.decide import RetryPolicy, dedupe_action
+from pipeline.handlers import ProvisionerPort
+from pipeline.metrics import Metrics
+from pipeline.registry import build_registry
+from pipeline.streams.processor import CommandProcessor
+
+_log = logs.get("worker")
+SEEN_TABLE = "processed-attempts"
+
+
+def _faust_broker(bootstrap: str) -> str:
+    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(","))
+
+
+def _credentials(cfg: Config) -> Any:
+    if cfg.kafka_security_protocol == "PLAINTEXT":
+        return None
+    import ssl
+
+    ssl_ctx = None
+    if cfg.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        ssl_ctx = ssl.create_default_context(cafile=cfg.kafka_ssl_cafile)
+        if cfg.kafka_ssl_certfile:
+            ssl_ctx.load_cert_chain(cfg.kafka_ssl_certfile, cfg.kafka_ssl_keyfile)
+    if cfg.kafka_security_protocol.startswith("SASL"):
+        password = cfg.kafka_sasl_password.reveal() if cfg.kafka_sasl_password else ""
+        return faust.SASLCredentials(
+            username=cfg.kafka_sasl_username,
+            password=password,
+            ssl_context=ssl_ctx,
+            mechanism=cfg.kafka_sasl_mechanism,
+        )
+    return faust.SSLCredentials(ssl_ctx)
+
+
+def _datadir(cfg: Config) -> str:
+    path = Path(cfg.data_dir).resolve() / f"faust-{cfg.processor_group}"
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def build_app(cfg: Config, metrics: Metrics, port_factory: Any) -> faust.App:
+    """The worker's faust app. ``port_factory()`` builds the provisioner port in the loop."""
+    app = faust.App(
+        cfg.processor_group,
+        broker=_faust_broker(cfg.kafka_bootstrap),
+        broker_credentials=_credentials(cfg),
+        store="memory://",
+        topic_partitions=cfg.partitions,
+        topic_replication_factor=1,
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger=0.002,
+        broker_commit_every=500,
+        broker_commit_interval=0.5,
+        datadir=_datadir(cfg),
+        table_standby_replicas=0,
+    )
+    commands = app.topic(
+        cfg.commands_topic, key_serializer="raw", value_serializer="raw", allow_empty=True
+    )
+    outcomes = app.topic(cfg.outcomes_topic, key_serializer="raw", value_serializer="raw")
+    seen = app.Table(
+        SEEN_TABLE,
+        default=None,
+        partitions=cfg.partitions,
+        key_type=bytes,
+        value_type=bytes,
+    )
+    state: dict[str, Any] = {}
+
+    def processor() -> CommandProcessor:
+        if "processor" not in state:
+            port: ProvisionerPort = port_factory()
+            state["port"] = port
+            state["processor"] = CommandProcessor(
+                registry=build_registry(),
+                port=port,
+                policy=RetryPolicy(cfg.max_attempts, cfg.backoff_scale),
+                metrics=metrics,
+                topic=cfg.commands_topic,
+            )
+        proc: CommandProcessor = state["processor"]
+        return proc
+
+    async def on_command(raw: bytes | None) -> None:
+        proc = processor()
+        decoded = proc.decode(raw)
+        if isinstance(decoded, codec.Undecodable):
+            bad = proc.handle_undecodable(decoded)
+            if bad is not None:
+                await outcomes.send(key=bad.key.encode(), value=codec.encode(bad))
+            return
+        seen_key = str(decoded.propagation_id).encode()
+        prior: bytes | None = seen.get(seen_key)
+        last_attempt = int(prior.split(b"|", 1)[0]) if prior else None
+        action = dedupe_action(last_attempt, decoded.attempt)
+        if action == "drop":
+            metrics.duplicates.labels("processor").inc()
+            return
+        if action == "reemit" and prior is not None:
+            # Same attempt again (redelivery or rescue): emit the recorded outcome with its
+            # event_id instead of calling the provisioner a second time.
+            metrics.duplicates.labels("processor").inc()
+            await outcomes.send(key=decoded.key.encode(), value=prior.split(b"|", 1)[1])
+            return
+        event = await proc.handle(decoded)
+        body = codec.encode_validated(event)
+        seen[seen_key] = str(decoded.attempt).encode() + b"|" + body
+        await outcomes.send(key=event.key.encode(), value=body)
+
+    @app.agent(commands, concurrency=1, name="process-commands")
+    async def process(stream: Any) -> None:
+        async for value in stream:
+            await on_command(value)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        mine = sorted(tp.partition for tp in assigned if tp.topic == cfg.commands_topic)
+        logs.event(_log, "partitions_assigned", partitions=mine)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        gone = sorted(tp.partition for tp in revoked if tp.topic == cfg.commands_topic)
+        logs.event(_log, "partitions_revoked", partitions=gone)
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(sender: Any, **kwargs: Any) -> None:
+        port = state.get("port")
+        close = getattr(port, "close", None)
+        if close is not None:
+            await close()
+        logs.event(_log, "stopping")
+
+    return app
+
+
+def run_worker(cfg: Config, metrics: Metrics, port_factory: Any) -> int:
+    """Run the faust worker in this process until SIGTERM/SIGINT; returns the exit code."""
+    from pipeline.topics import ensure_topics
+
+    asyncio.run(
+        ensure_topics(
+            cfg.kafka_client_kwargs(),
+            [cfg.commands_topic, cfg.outcomes_topic],
+            cfg.partitions,
+        )
+    )
+    app = build_app(cfg, metrics, port_factory)
+    logs.event(_log, "started", group=cfg.processor_group, **cfg.pinned())
+    worker = faust.Worker(app, loglevel="INFO", quiet=True)
+    worker.execute_from_commandline()
+    return 0

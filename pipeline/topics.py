@@ -1,0 +1,46 @@
+"""Creating the pipeline's topics with explicit partition counts (auto-create is off)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from pipeline.errors import BrokerError
+
+
+async def ensure_topics(
+    client_kwargs: dict[str, Any], names: list[str], partitions: int, replication: int = 1
+) -> None:
+    admin = AIOKafkaAdminClient(**client_kwargs)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(n, partitions, replication) for n in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass  # another component created it first
+    except KafkaError as exc:
+        raise BrokerError(f"could not ensure topics {names}: {exc}") from exc
+    finally:
+        await admin.close()
+
+
+async def partitions_for(client_kwargs: dict[str, Any], topic: str) -> list[int]:
+    admin = AIOKafkaAdminClient(**client_kwargs)
+    try:
+        await admin.start()
+        described = await admin.describe_topics([topic])
+    except KafkaError as exc:
+        raise BrokerError(f"could not describe {topic}: {exc}") from exc
+    finally:
+        await admin.close()
+    for t in described:
+        if t["topic"] == topic and not t["error_code"]:
+            return sorted(p["partition"] for p in t["partitions"])
+    raise BrokerError(f"topic {topic} does not exist")
