@@ -11,7 +11,14 @@ import re
 import threading
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 
 from pipeline.classify import BUCKETS, OTHER_BUCKET
 from pipeline.events import DeadLetterReason, Outcome, OutcomeEvent
@@ -23,6 +30,8 @@ KNOWN_RESOURCE_TYPES = frozenset(
 )
 UNDECODABLE_REASONS = frozenset({"bad_json", "schema_violation", "oversized", "empty"})
 _LABEL_SAFE = re.compile(r"^[a-z0-9_]{1,64}$")
+# *_created series double every counter for no operator benefit.
+disable_created_metrics()
 
 
 class LabelBudget:

@@ -1,0 +1,275 @@
+"""The fake provisioner's gRPC server: idempotent effects, scripted failures, a full record."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from pipeline.errors import ConfigError
+from pipeline.fake_provisioner.admin import AdminServer
+from pipeline.fake_provisioner.rules import STATUS_CODES, Rule, choose_rule
+from pipeline.proto import provisioner_pb2 as pb
+from pipeline.proto import provisioner_pb2_grpc as pb_grpc
+
+_SERVER_OPTIONS = [
+    # A second fake on a busy port must fail to start, not silently share the port.
+    ("grpc.so_reuseport", 0),
+    # grpc core sheds load past 1000 calls not yet picked up by the Python side (randomly
+    # answering CANCELLED up to a hard limit of 3000). As the benchmark's peer this server must
+    # take every call the pipeline can throw at it, so both limits are raised far out of reach.
+    ("grpc.server.max_pending_requests", 1_000_000),
+    ("grpc.server.max_pending_requests_hard_limit", 1_000_000),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """A change the provisioner made. Two for one key would be a double application."""
+
+    idempotency_key: str
+    method: str
+    team_id: str
+    resource_type: str
+    resource_id: str
+    target_tier: str
+    at: float  # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One RPC as the provisioner saw it."""
+
+    idempotency_key: str
+    method: str
+    resource_id: str
+    outcome: str  # applied | replayed | skipped | error:CODE | cancelled
+    at: float
+
+
+class _Servicer(pb_grpc.ProvisionerServicer):
+    def __init__(self, owner: FakeProvisioner) -> None:
+        self._owner = owner
+
+    async def RegradeResource(self, request: Any, context: Any) -> Any:
+        return await self._owner._handle("RegradeResource", request, request.target_tier, context)
+
+    async def SuspendResource(self, request: Any, context: Any) -> Any:
+        return await self._owner._handle("SuspendResource", request, "", context)
+
+    async def ResumeResource(self, request: Any, context: Any) -> Any:
+        return await self._owner._handle("ResumeResource", request, "", context)
+
+
+class FakeProvisioner:
+    """The fake provisioner: ``start()`` serves it in a background thread, state is readable
+    from any thread (``effects()``, ``calls()``, ``applied_keys()``), ``stop()`` ends it."""
+
+    def __init__(self, rules: Sequence[Rule] = (), seed: int = 0) -> None:
+        # One short lock guards all state; it is never held across an await, so latency rules
+        # on some calls never slow the others down.
+        self._lock = threading.Lock()
+        self._rules: tuple[Rule, ...] = tuple(rules)
+        self._seed = seed
+        self._rng = random.Random(seed)
+        self._calls: list[Call] = []
+        self._calls_per_key: dict[str, int] = {}
+        self._effects: dict[str, list[Effect]] = {}
+        # Bumped by reset(): a call that began before a reset records nothing, so a slow call
+        # of one test cannot leak into the next test's record.
+        self._generation = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: Any = None
+        self._admin: AdminServer | None = None
+        self._admin_thread: threading.Thread | None = None
+        self.address: str | None = None
+        self.admin_url: str | None = None
+
+    # -- state, readable from any thread ------------------------------------------------------
+
+    def set_rules(self, rules: Iterable[Rule]) -> None:
+        with self._lock:
+            self._rules = tuple(rules)
+
+    def rules(self) -> list[Rule]:
+        with self._lock:
+            return list(self._rules)
+
+    def effects(self) -> dict[str, list[Effect]]:
+        with self._lock:
+            return {key: list(effects) for key, effects in self._effects.items()}
+
+    def calls(self) -> list[Call]:
+        with self._lock:
+            return list(self._calls)
+
+    def applied_keys(self) -> set[str]:
+        with self._lock:
+            return set(self._effects)
+
+    def reset(self) -> None:
+        """Forget calls and effects (and reseed), as if freshly started; rules stay."""
+        with self._lock:
+            self._calls.clear()
+            self._calls_per_key.clear()
+            self._effects.clear()
+            self._rng = random.Random(self._seed)
+            self._generation += 1
+
+    # -- the RPC path -------------------------------------------------------------------------
+
+    async def _handle(self, method: str, req: Any, target_tier: str, context: Any) -> Any:
+        key: str = req.idempotency_key
+        with self._lock:
+            generation = self._generation
+            seen = self._calls_per_key.get(key, 0)
+            self._calls_per_key[key] = seen + 1
+            rule = choose_rule(self._rules, method, req.resource_id, seen, self._rng)
+        if rule is not None and rule.latency_ms > 0:
+            try:
+                await asyncio.sleep(rule.latency_ms / 1000)
+            except asyncio.CancelledError:
+                # The client gave up (deadline): nothing was applied; say so in the record.
+                self._record(
+                    generation, Call(key, method, req.resource_id, "cancelled", time.time())
+                )
+                raise
+        action, code, reason = (rule.action, rule.code, rule.reason) if rule else ("ok", "", "")
+        now = time.time()
+        with self._lock:
+            # A call that began before a reset() answers as usual but records nothing.
+            live = generation == self._generation
+            already = key in self._effects
+            if action in ("error", "apply_then_error"):
+                if action == "apply_then_error" and not already and live:
+                    # The ambiguous case: the effect lands, then the reply is lost.
+                    self._apply(key, method, req, target_tier, now)
+                outcome = f"error:{code}"
+            elif already:
+                outcome = "replayed"  # the idempotent answer: applied, no second effect
+            elif action == "skip":
+                outcome = "skipped"
+            else:
+                if live:
+                    self._apply(key, method, req, target_tier, now)
+                outcome = "applied"
+            if live:
+                self._calls.append(Call(key, method, req.resource_id, outcome, now))
+        if outcome == "skipped":
+            return pb.ProvisionReply(applied=False, skip_reason=reason)
+        if outcome.startswith("error:"):
+            await context.abort(STATUS_CODES[code], f"injected {action} for {key}")
+        return pb.ProvisionReply(applied=True)
+
+    def _record(self, generation: int, call: Call) -> None:
+        with self._lock:
+            if generation == self._generation:
+                self._calls.append(call)
+
+    def _apply(self, key: str, method: str, req: Any, target_tier: str, now: float) -> None:
+        # Caller holds the lock. A list per key, so a double application would show as two.
+        effect = Effect(
+            key, method, req.team_id, req.resource_type, req.resource_id, target_tier, now
+        )
+        self._effects.setdefault(key, []).append(effect)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        client_ca: str | None = None,
+        admin_port: int | None = None,
+    ) -> str:
+        """Serve in a background thread with its own event loop; returns "host:port".
+
+        ``port=0`` picks a free port. ``admin_port`` None = no admin endpoint, 0 = a free port
+        (see ``admin_url``). ``client_ca`` makes the server require client certificates.
+        """
+        if self._thread is not None:
+            raise RuntimeError("FakeProvisioner already started")
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="fake-provisioner", daemon=True)
+        thread.start()
+        self._loop, self._thread = loop, thread
+        creds = _server_credentials(tls_cert, tls_key, client_ca)
+        fut = asyncio.run_coroutine_threadsafe(self._start_server(host, port, creds), loop)
+        try:
+            bound = fut.result(timeout=30)
+        except BaseException:
+            self.stop()
+            raise
+        self.address = f"{host}:{bound}"
+        if admin_port is not None:
+            self._admin = AdminServer((host, admin_port), self)
+            self._admin_thread = threading.Thread(
+                target=self._admin.serve_forever, name="fake-provisioner-admin", daemon=True
+            )
+            self._admin_thread.start()
+            self.admin_url = f"http://{host}:{self._admin.server_address[1]}"
+        return self.address
+
+    async def _start_server(self, host: str, port: int, creds: Any) -> int:
+        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        pb_grpc.add_ProvisionerServicer_to_server(_Servicer(self), server)  # type: ignore[no-untyped-call]
+        target = f"{host}:{port}"
+        bound = server.add_secure_port(target, creds) if creds else server.add_insecure_port(target)
+        await server.start()
+        self._server = server
+        return int(bound)
+
+    def stop(self, grace: float = 0.5) -> None:
+        if self._admin is not None:
+            self._admin.shutdown()
+            self._admin.server_close()
+            if self._admin_thread is not None:
+                self._admin_thread.join()
+            self._admin = self._admin_thread = None
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(grace), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+        self._loop = self._thread = None
+        self.address = self.admin_url = None
+
+    async def _shutdown(self, grace: float) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        current = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_asyncgens()
+
+
+def _server_credentials(cert: str | None, key: str | None, client_ca: str | None) -> Any:
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ConfigError("--client-ca needs --tls-cert and --tls-key")
+        return None
+    if cert is None or key is None:
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    try:
+        pair = (Path(key).read_bytes(), Path(cert).read_bytes())
+        ca = Path(client_ca).read_bytes() if client_ca else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS files: {exc}") from exc
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=bool(ca))

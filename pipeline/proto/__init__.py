@@ -1,0 +1,5 @@
+"""Generated gRPC code for ``schemas/provisioner.proto``.
+
+Regenerate with ``python -m pipeline.proto.generate``; ``--check`` (and a unit test) fail when
+the committed files are stale.
+"""

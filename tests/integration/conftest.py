@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import Pipeline
+
+from pipeline.fake_provisioner import FakeProvisioner
+from pipeline.stack.kafka import KafkaBroker
+
+
+@pytest.fixture
+def provisioner() -> Iterator[FakeProvisioner]:
+    fake = FakeProvisioner(seed=1)
+    fake.start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture
+def make_pipeline(
+    kafka_broker: KafkaBroker,
+    database_url: str,
+    topic_prefix: str,
+    provisioner: FakeProvisioner,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[..., Pipeline]]:
+    made: list[Pipeline] = []
+
+    def make(**kw: Any) -> Pipeline:
+        p = Pipeline(
+            database_url=database_url,
+            bootstrap=kafka_broker.bootstrap,
+            provisioner_addr=str(provisioner.address),
+            prefix=topic_prefix,
+            logdir=tmp_path,
+            **kw,
+        )
+        p.migrate()
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.stop()
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            print(p.logs(tail=80))

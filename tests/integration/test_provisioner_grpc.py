@@ -1,0 +1,277 @@
+"""GrpcProvisioner against a real grpc.aio FakeProvisioner: replies, retries, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from itertools import count
+from pathlib import Path
+
+import pytest
+
+from pipeline.events import Applied, CallFailed, Skipped
+from pipeline.fake_provisioner import FakeProvisioner, Rule
+from pipeline.provisioner_client import GrpcProvisioner
+
+pytestmark = pytest.mark.integration
+
+_ids = count()
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeProvisioner]:
+    fp = FakeProvisioner()
+    fp.start(admin_port=0)
+    yield fp
+    fp.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean(fake: FakeProvisioner) -> None:
+    fake.set_rules(())
+    fake.reset()
+
+
+@pytest.fixture
+async def client(fake: FakeProvisioner) -> AsyncIterator[GrpcProvisioner]:
+    assert fake.address is not None
+    c = GrpcProvisioner(fake.address, deadline=2.0, tries=3, pause=0.01)
+    yield c
+    await c.close()
+
+
+def _rid() -> str:
+    return f"db-{next(_ids)}"
+
+
+async def _regrade(client: GrpcProvisioner, key: str, resource_id: str) -> object:
+    return await client.regrade(
+        idempotency_key=key,
+        team_id="team-1",
+        resource_type="postgres",
+        resource_id=resource_id,
+        target_tier="pro",
+    )
+
+
+async def test_applied(client: GrpcProvisioner, fake: FakeProvisioner) -> None:
+    rid = _rid()
+    assert await _regrade(client, "k-applied", rid) == Applied()
+    [effect] = fake.effects()["k-applied"]
+    assert (effect.method, effect.team_id, effect.resource_id, effect.target_tier) == (
+        "RegradeResource",
+        "team-1",
+        rid,
+        "pro",
+    )
+
+
+async def test_suspend_and_resume(client: GrpcProvisioner, fake: FakeProvisioner) -> None:
+    rid = _rid()
+    args = {"team_id": "t", "resource_type": "redis", "resource_id": rid}
+    assert await client.suspend(idempotency_key="k-s", **args) == Applied()
+    assert await client.resume(idempotency_key="k-r", **args) == Applied()
+    assert [e.method for k in ("k-s", "k-r") for e in fake.effects()[k]] == [
+        "SuspendResource",
+        "ResumeResource",
+    ]
+
+
+async def test_skip_with_reason(client: GrpcProvisioner, fake: FakeProvisioner) -> None:
+    fake.set_rules([Rule(match="db-legacy-*", action="skip", reason="legacy resource")])
+    assert await _regrade(client, "k-skip", "db-legacy-1") == Skipped("legacy resource")
+    assert "k-skip" not in fake.applied_keys()
+    assert [c.outcome for c in fake.calls()] == ["skipped"]
+
+
+async def test_skip_without_reason_gets_a_placeholder(
+    client: GrpcProvisioner, fake: FakeProvisioner
+) -> None:
+    fake.set_rules([Rule(action="skip")])
+    assert await _regrade(client, "k-skip2", _rid()) == Skipped("no reason given")
+
+
+async def test_transient_errors_are_retried_within_the_call(
+    client: GrpcProvisioner, fake: FakeProvisioner
+) -> None:
+    fake.set_rules([Rule(action="error", code="UNAVAILABLE", times=2)])
+    assert await _regrade(client, "k-flaky", _rid()) == Applied()
+    assert [c.outcome for c in fake.calls()] == [
+        "error:UNAVAILABLE",
+        "error:UNAVAILABLE",
+        "applied",
+    ]
+    assert len(fake.effects()["k-flaky"]) == 1
+
+
+async def test_persistent_unavailable_is_a_retryable_failure(
+    client: GrpcProvisioner, fake: FakeProvisioner
+) -> None:
+    fake.set_rules([Rule(action="error", code="UNAVAILABLE")])
+    result = await _regrade(client, "k-down", _rid())
+    assert isinstance(result, CallFailed)
+    assert (result.code, result.retryable) == ("UNAVAILABLE", True)
+    assert len(fake.calls()) == 3  # tries
+    assert fake.applied_keys() == set()
+
+
+async def test_invalid_argument_is_not_retried(
+    client: GrpcProvisioner, fake: FakeProvisioner
+) -> None:
+    fake.set_rules([Rule(action="error", code="INVALID_ARGUMENT")])
+    result = await _regrade(client, "k-invalid", _rid())
+    assert isinstance(result, CallFailed)
+    assert (result.code, result.retryable) == ("INVALID_ARGUMENT", False)
+    assert "k-invalid" in result.message
+    assert len(fake.calls()) == 1
+
+
+async def test_deadline_exceeded(fake: FakeProvisioner) -> None:
+    assert fake.address is not None
+    fake.set_rules([Rule(action="ok", latency_ms=1000)])
+    client = GrpcProvisioner(fake.address, deadline=0.1, tries=1)
+    try:
+        result = await _regrade(client, "k-slow", _rid())
+    finally:
+        await client.close()
+    assert isinstance(result, CallFailed)
+    assert (result.code, result.retryable) == ("DEADLINE_EXCEEDED", True)
+    # The server sees the cancellation and applies nothing.
+    for _ in range(100):
+        if fake.calls():
+            break
+        await asyncio.sleep(0.02)
+    assert [c.outcome for c in fake.calls()] == ["cancelled"]
+    assert fake.applied_keys() == set()
+
+
+async def test_same_key_twice_is_one_effect(client: GrpcProvisioner, fake: FakeProvisioner) -> None:
+    rid = _rid()
+    assert await _regrade(client, "k-twice", rid) == Applied()
+    assert await _regrade(client, "k-twice", rid) == Applied()
+    assert len(fake.effects()["k-twice"]) == 1
+    assert [c.outcome for c in fake.calls()] == ["applied", "replayed"]
+
+
+async def test_lost_reply_then_retry_is_one_effect(
+    fake: FakeProvisioner,
+) -> None:
+    assert fake.address is not None
+    fake.set_rules([Rule(action="apply_then_error", code="UNAVAILABLE", times=1)])
+    # tries=1: the lost reply surfaces as a failed attempt, as it would at the pipeline level.
+    client = GrpcProvisioner(fake.address, deadline=2.0, tries=1)
+    try:
+        rid = _rid()
+        first = await _regrade(client, "k-lost", rid)
+        assert isinstance(first, CallFailed) and first.retryable
+        assert len(fake.effects()["k-lost"]) == 1  # the effect landed although the call failed
+        assert await _regrade(client, "k-lost", rid) == Applied()
+    finally:
+        await client.close()
+    assert len(fake.effects()["k-lost"]) == 1
+    assert [c.outcome for c in fake.calls()] == ["error:UNAVAILABLE", "replayed"]
+
+
+async def test_unreachable_provisioner_is_a_retryable_failure() -> None:
+    probe = FakeProvisioner()
+    addr = probe.start()
+    probe.stop()  # the port is now (almost certainly) closed
+    client = GrpcProvisioner(addr, deadline=1.0, tries=2, pause=0.01)
+    try:
+        result = await _regrade(client, "k-nowhere", _rid())
+    finally:
+        await client.close()
+    assert isinstance(result, CallFailed)
+    assert result.retryable
+
+
+async def test_closed_client_fails_without_raising(fake: FakeProvisioner) -> None:
+    assert fake.address is not None
+    client = GrpcProvisioner(fake.address, deadline=1.0, tries=1)
+    await client.close()
+    result = await _regrade(client, "k-closed", _rid())
+    assert isinstance(result, CallFailed) and result.retryable
+
+
+def _http(method: str, url: str, body: object = None) -> object:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.load(resp)
+
+
+async def test_admin_endpoint(client: GrpcProvisioner, fake: FakeProvisioner) -> None:
+    # The admin endpoint is how tests drive a fake running as a separate process.
+    url = fake.admin_url
+    assert url is not None
+    rid = _rid()
+    assert await _regrade(client, "k-admin", rid) == Applied()
+    effects = await asyncio.to_thread(_http, "GET", f"{url}/effects")
+    assert isinstance(effects, dict)
+    assert list(effects) == ["k-admin"]
+    assert effects["k-admin"][0]["resource_id"] == rid
+
+    rules = [{"match": "db-*", "action": "skip", "reason": "team deprovisioned"}]
+    assert await asyncio.to_thread(_http, "PUT", f"{url}/rules", rules) == {"rules": 1}
+    assert await _regrade(client, "k-admin-2", _rid()) == Skipped("team deprovisioned")
+
+    calls = await asyncio.to_thread(_http, "GET", f"{url}/calls")
+    assert isinstance(calls, list)
+    assert [c["outcome"] for c in calls] == ["applied", "skipped"]
+    assert await asyncio.to_thread(_http, "POST", f"{url}/reset", {}) == {"reset": True}
+    assert fake.effects() == {}
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # A missing openssl is a broken test machine, never a reason to skip.
+    assert shutil.which("openssl") is not None, "the openssl CLI is needed to make test certificates"
+    d = tmp_path_factory.mktemp("certs")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+             "-subj", "/CN=test-ca", cwd=d)  # fmt: skip
+    (d / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name, ext in (("server", ["-extfile", "server.ext"]), ("client", [])):
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", *ext, cwd=d)  # fmt: skip
+    return d
+
+
+async def test_mutual_tls(certs: Path) -> None:
+    fp = FakeProvisioner()
+    addr = fp.start(
+        tls_cert=str(certs / "server.pem"),
+        tls_key=str(certs / "server.key"),
+        client_ca=str(certs / "ca.pem"),
+    )
+    try:
+        good = GrpcProvisioner(
+            addr,
+            deadline=5.0,
+            tries=1,
+            tls_ca=str(certs / "ca.pem"),
+            tls_cert=str(certs / "client.pem"),
+            tls_key=str(certs / "client.key"),
+        )
+        # Without a client certificate the server refuses the handshake: a failed call.
+        anonymous = GrpcProvisioner(addr, deadline=5.0, tries=1, tls_ca=str(certs / "ca.pem"))
+        try:
+            assert await _regrade(good, "k-tls", _rid()) == Applied()
+            refused = await _regrade(anonymous, "k-tls-anon", _rid())
+            assert isinstance(refused, CallFailed) and refused.retryable
+        finally:
+            await good.close()
+            await anonymous.close()
+        assert fp.applied_keys() == {"k-tls"}
+    finally:
+        fp.stop()

@@ -1,0 +1,61 @@
+"""An attacker-controlled kind or reason can never create series beyond a fixed budget."""
+
+import random
+import string
+
+from pipeline.events import DeadLetterReason, Outcome, OutcomeEvent
+from pipeline.metrics import Metrics
+from pipeline.registry import build_registry
+
+
+def _event(kind: str, reason: str, resource_type: str, i: int) -> OutcomeEvent:
+    from pipeline.classify import bucket
+
+    return OutcomeEvent(
+        event_id=str(i),
+        propagation_id=i,
+        kind=kind,
+        attempt=1,
+        team_id="t",
+        resource_type=resource_type,
+        resource_id="r",
+        timestamp="2026-01-01T00:00:00Z",
+        outcome=Outcome.UNEXPECTED_SKIP if i % 2 else Outcome.DEAD_LETTERED,
+        occurred_at="2026-01-01T00:00:00Z",
+        skip_reason=reason,
+        skip_reason_bucket=bucket(reason),
+        dead_letter_reason=None if i % 2 else DeadLetterReason.UNKNOWN_KIND,
+    )
+
+
+def test_ten_thousand_distinct_kinds_and_reasons_stay_within_budget() -> None:
+    metrics = Metrics(build_registry().kinds)
+    rng = random.Random(7)
+    for i in range(10_000):
+        kind = "".join(rng.choices(string.ascii_lowercase + "_", k=12))
+        reason = "".join(rng.choices(string.printable, k=40))
+        rtype = "".join(rng.choices(string.ascii_lowercase, k=8))
+        metrics.record_unknown_kind(kind)
+        metrics.record_outcome(_event(kind, reason, rtype, i))
+        metrics.record_invalid(reason, "propagations")
+
+    # unknown kinds: the budget plus the overflow series
+    assert metrics.series_count("instant_propagation_unknown_kind_total") == (
+        Metrics.UNKNOWN_KIND_BUDGET + 1
+    )
+    # kind label is a known kind or "unknown_kind"; resource_type one of 8 or "other";
+    # skip_reason one of the 7 buckets
+    assert metrics.series_count("instant_propagation_unexpected_skip_total") <= 1 * 9 * 7
+    assert metrics.series_count("instant_propagation_dead_lettered_total") <= 3 * 5
+    assert metrics.series_count("instant_propagation_outcomes_total") <= 5 * 5
+    assert metrics.series_count("instant_propagation_invalid_commands_total") == 1
+    assert metrics.sample(
+        "instant_propagation_unknown_kind_total", {"kind": "other"}
+    ) == 10_000 - Metrics.UNKNOWN_KIND_BUDGET
+
+
+def test_unsafe_label_values_never_become_series() -> None:
+    metrics = Metrics(build_registry().kinds)
+    metrics.record_unknown_kind('evil"} 1\n# injected')
+    metrics.record_unknown_kind("A" * 500)
+    assert metrics.sample("instant_propagation_unknown_kind_total", {"kind": "other"}) == 2.0

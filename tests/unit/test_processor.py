@@ -1,0 +1,200 @@
+"""The processor core with a stub provisioner port: command bytes in, outcome event out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from pipeline import codec
+from pipeline.decide import RetryPolicy
+from pipeline.events import (
+    Applied,
+    CallFailed,
+    Command,
+    DeadLetterReason,
+    Outcome,
+    ProvisionReply,
+    Skipped,
+    command_event_id,
+    outcome_event_id,
+)
+from pipeline.metrics import Metrics
+from pipeline.registry import build_registry
+from pipeline.streams.processor import CommandProcessor
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class StubPort:
+    def __init__(self, reply: ProvisionReply) -> None:
+        self.reply = reply
+        self.calls: list[tuple[str, dict[str, str]]] = []
+
+    async def regrade(self, **kw: str) -> ProvisionReply:
+        self.calls.append(("regrade", kw))
+        return self.reply
+
+    async def suspend(self, **kw: str) -> ProvisionReply:
+        self.calls.append(("suspend", kw))
+        return self.reply
+
+    async def resume(self, **kw: str) -> ProvisionReply:
+        self.calls.append(("resume", kw))
+        return self.reply
+
+
+def make(reply: ProvisionReply, max_attempts: int = 10) -> tuple[CommandProcessor, StubPort, Metrics]:
+    port = StubPort(reply)
+    metrics = Metrics(build_registry().kinds)
+    proc = CommandProcessor(
+        registry=build_registry(),
+        port=port,
+        policy=RetryPolicy(max_attempts, 1.0),
+        metrics=metrics,
+        clock=lambda: NOW,
+    )
+    return proc, port, metrics
+
+
+def command(kind: str = "tier_elevation", attempt: int = 1, payload: object = None) -> Command:
+    return Command(
+        event_id=command_event_id(7, attempt),
+        propagation_id=7,
+        kind=kind,
+        attempt=attempt,
+        team_id="acme",
+        resource_type="postgres",
+        resource_id="db-1",
+        payload={"target_tier": "pro"} if payload is None else payload,
+        timestamp="2026-01-01T00:00:00Z",
+    )
+
+
+async def test_applied_regrade_calls_regrade_with_the_propagation_key() -> None:
+    proc, port, metrics = make(Applied())
+    event = await proc.handle(command())
+    assert port.calls == [
+        (
+            "regrade",
+            {
+                "idempotency_key": "propagation-7",
+                "team_id": "acme",
+                "resource_type": "postgres",
+                "resource_id": "db-1",
+                "target_tier": "pro",
+            },
+        )
+    ]
+    assert event.outcome is Outcome.APPLIED
+    assert event.event_id == outcome_event_id(7, 1)
+    assert event.audit_kind == "propagation.applied"
+    assert metrics.sample(
+        "instant_propagation_outcomes_total", {"outcome": "applied", "kind": "tier_elevation"}
+    ) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("kind", "rpc"), [("resource_suspend", "suspend"), ("resource_resume", "resume")]
+)
+async def test_suspend_and_resume_route_to_their_rpcs(kind: str, rpc: str) -> None:
+    proc, port, _ = make(Applied())
+    await proc.handle(command(kind=kind, payload={}))
+    assert [c[0] for c in port.calls] == [rpc]
+
+
+async def test_unexpected_skip_emits_unexpected_skip_and_counts_the_bucket() -> None:
+    proc, _, metrics = make(Skipped("redis-auth secret missing"))
+    event = await proc.handle(command())
+    assert event.outcome is Outcome.UNEXPECTED_SKIP
+    assert event.skip_reason_bucket == "redis_auth_secret_missing"
+    assert event.next_attempt_at == "2026-01-01T00:01:00Z"
+    labels = {
+        "kind": "tier_elevation",
+        "resource_type": "postgres",
+        "skip_reason": "redis_auth_secret_missing",
+    }
+    assert metrics.sample("instant_propagation_unexpected_skip_total", labels) == 1.0
+
+
+async def test_persistent_failure_moves_the_max_attempts_dead_letter_counter() -> None:
+    proc, _, metrics = make(CallFailed("UNAVAILABLE", "down", True), max_attempts=3)
+    labels = {"reason": "max_attempts", "kind": "tier_elevation"}
+    event = await proc.handle(command(attempt=2))
+    assert event.outcome is Outcome.RETRYING
+    assert metrics.sample("instant_propagation_dead_lettered_total", labels) == 0.0
+    event = await proc.handle(command(attempt=3))
+    assert event.outcome is Outcome.DEAD_LETTERED
+    assert event.dead_letter_reason is DeadLetterReason.MAX_ATTEMPTS
+    assert metrics.sample("instant_propagation_dead_lettered_total", labels) == 1.0
+
+
+async def test_unknown_kind_is_counted_retried_then_dead_lettered() -> None:
+    proc, port, metrics = make(Applied(), max_attempts=2)
+    first = await proc.handle(command(kind="tier_teleport", attempt=1))
+    assert first.outcome is Outcome.RETRYING
+    last = await proc.handle(command(kind="tier_teleport", attempt=2))
+    assert last.outcome is Outcome.UNKNOWN_KIND_DEAD_LETTERED
+    assert port.calls == []
+    assert metrics.sample("instant_propagation_unknown_kind_total", {"kind": "tier_teleport"}) == 2
+    assert metrics.sample(
+        "instant_propagation_dead_lettered_total", {"reason": "unknown_kind", "kind": "unknown_kind"}
+    ) == 1.0
+
+
+async def test_invalid_payload_is_dead_lettered_without_calling_the_provisioner() -> None:
+    proc, port, metrics = make(Applied())
+    event = await proc.handle(command(payload={"target_tier": ""}))
+    assert event.outcome is Outcome.DEAD_LETTERED
+    assert event.dead_letter_reason is DeadLetterReason.INVALID_PAYLOAD
+    assert port.calls == []
+    assert metrics.sample(
+        "instant_propagation_dead_lettered_total",
+        {"reason": "invalid_payload", "kind": "tier_elevation"},
+    ) == 1.0
+
+
+async def test_adapter_exception_costs_a_retry_not_the_worker() -> None:
+    proc, port, _ = make(Applied())
+
+    async def boom(**kw: str) -> ProvisionReply:
+        raise RuntimeError("adapter bug")
+
+    port.regrade = boom  # type: ignore[method-assign]
+    event = await proc.handle(command())
+    assert event.outcome is Outcome.RETRYING
+    assert event.error is not None and "adapter bug" in event.error
+
+
+def test_undecodable_with_an_id_is_dead_lettered_and_without_is_skipped() -> None:
+    proc, _, metrics = make(Applied())
+    with_id = proc.decode(orjson.dumps({"propagation_id": 9, "kind": "tier_elevation"}))
+    assert isinstance(with_id, codec.Undecodable)
+    event = proc.handle_undecodable(with_id)
+    assert event is not None
+    assert event.propagation_id == 9
+    assert event.outcome is Outcome.DEAD_LETTERED
+    assert event.dead_letter_reason is DeadLetterReason.INVALID_PAYLOAD
+    codec.validator("propagation.outcome.v1")(event.to_dict())  # still a valid event
+
+    garbage = proc.decode(b"{not json")
+    assert isinstance(garbage, codec.Undecodable)
+    assert proc.handle_undecodable(garbage) is None
+    assert metrics.sample(
+        "instant_propagation_invalid_commands_total",
+        {"reason": "bad_json", "topic": "propagations"},
+    ) == 1.0
+
+
+def test_oversized_message_is_not_parsed_but_its_id_is_found() -> None:
+    big = b'{"schema":"propagation.command.v1","propagation_id":42,"pad":"' + b"x" * 300_000 + b'"}'
+    decoded = codec.decode_command(big)
+    assert isinstance(decoded, codec.Undecodable)
+    assert decoded.reason == "oversized"
+    assert decoded.propagation_id == 42
+
+
+def test_commands_round_trip_through_the_schema() -> None:
+    cmd = command()
+    assert codec.decode_command(codec.encode_validated(cmd)) == cmd
