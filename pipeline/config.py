@@ -164,8 +164,12 @@ class Config:
                 problems.append(f"PIPELINE_KAFKA_SASL_MECHANISM must be one of {SASL_MECHANISMS}")
             if not self.kafka_sasl_username or not self.kafka_sasl_password:
                 problems.append("SASL needs PIPELINE_KAFKA_SASL_USERNAME and _PASSWORD")
-        if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://", "host=", "dbname=")):
-            problems.append("PIPELINE_DATABASE_URL must be a postgresql:// URL or a conninfo string")
+        if self.database_url and not self.database_url.startswith(
+            ("postgresql://", "postgres://", "host=", "dbname=")
+        ):
+            problems.append(
+                "PIPELINE_DATABASE_URL must be a postgresql:// URL or a conninfo string"
+            )
         if self.provisioner_addr and ":" not in self.provisioner_addr:
             problems.append("PIPELINE_PROVISIONER_ADDR must be host:port")
         if problems:

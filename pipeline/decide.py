@@ -10,8 +10,8 @@ from pipeline.classify import bucket, is_allowed_skip
 from pipeline.events import (
     Applied,
     CallFailed,
-    Decision,
     DeadLetterReason,
+    Decision,
     Outcome,
     ProvisionReply,
     Skipped,
@@ -76,9 +76,7 @@ def decide_reply(
     raise TypeError(f"not a provisioner reply: {reply!r}")  # pragma: no cover
 
 
-def decide_unknown_kind(
-    attempt: int, kind: str, now: datetime, policy: RetryPolicy
-) -> Decision:
+def decide_unknown_kind(attempt: int, kind: str, now: datetime, policy: RetryPolicy) -> Decision:
     """A kind this worker lacks: a newer image may know it, so retry on the schedule first."""
     error = f"unknown kind {kind[:64]!r}: no handler in this worker"
     if policy.exhausted(attempt):

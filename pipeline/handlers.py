@@ -38,7 +38,8 @@ class ProvisionerPort(Protocol):
 
 
 class Handler(Protocol):
-    kind: str
+    @property
+    def kind(self) -> str: ...
 
     def validate(self, payload: Any) -> str | None: ...
 

@@ -130,6 +130,9 @@ class Relay:
             await self._reset_connection()
             logs.event(_log, "stopped")
 
+    async def close(self) -> None:
+        await self._reset_connection()
+
     async def _nap(self, stop: asyncio.Event) -> None:
         self._wake.clear()
         waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]

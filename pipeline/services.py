@@ -12,7 +12,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from pipeline import logs, metrics as metrics_mod
+from pipeline import logs
+from pipeline import metrics as metrics_mod
 from pipeline.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE, Config
 from pipeline.metrics import Metrics
 from pipeline.registry import build_registry
@@ -134,9 +135,7 @@ def run_all(cfg: Config, env: dict[str, str]) -> int:
         child_env = dict(env)
         if cfg.metrics_port:
             child_env["PIPELINE_METRICS_PORT"] = str(cfg.metrics_port + offset)
-        procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", name], env=child_env
-        )
+        procs[name] = subprocess.Popen([sys.executable, "-m", "pipeline.cli", name], env=child_env)
     logs.event(_log, "run_started", pids={n: p.pid for n, p in procs.items()}, **cfg.pinned())
     rc = 0
     while True:

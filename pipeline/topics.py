@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -19,12 +20,9 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
-            try:
-                await admin.create_topics(
-                    [NewTopic(n, partitions, replication) for n in missing]
-                )
-            except TopicAlreadyExistsError:
-                pass  # another component created it first
+            # another component may have created it first
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(n, partitions, replication) for n in missing])
     except KafkaError as exc:
         raise BrokerError(f"could not ensure topics {names}: {exc}") from exc
     finally:

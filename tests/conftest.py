@@ -98,3 +98,14 @@ def pytest_runtest_makereport(
 
 def _is_service_test(item: pytest.Item) -> bool:
     return any(part in _SERVICE_TEST_DIRS for part in Path(str(item.path)).parts)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI a skipped test is a failed build: it would hide a missing service."""
+    if os.environ.get("CI", "").lower() != "true":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped:
+        print(f"\nCI=true: {len(skipped)} test(s) skipped; failing the run")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

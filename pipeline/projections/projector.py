@@ -74,9 +74,7 @@ class Projector:
             try:
                 await self._assign(consumer, store)
                 while not stop.is_set():
-                    batch = await consumer.getmany(
-                        timeout_ms=200, max_records=self._batch_max
-                    )
+                    batch = await consumer.getmany(timeout_ms=200, max_records=self._batch_max)
                     if batch:
                         await self._fold(store, batch)
             finally:

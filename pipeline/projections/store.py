@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from pipeline.errors import StoreError
-from pipeline.events import OutcomeEvent, Outcome, parse_iso
+from pipeline.events import Outcome, OutcomeEvent, parse_iso
 
 INSERT_AUDIT_SQL = """
 INSERT INTO propagation_audit (event_id, propagation_id, audit_kind, outcome, attempt,

@@ -136,17 +136,17 @@ def build_app(cfg: Config, metrics: Metrics, port_factory: Any) -> faust.App:
         async for value in stream:
             await on_command(value)
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == cfg.commands_topic)
         logs.event(_log, "partitions_assigned", partitions=mine)
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         gone = sorted(tp.partition for tp in revoked if tp.topic == cfg.commands_topic)
         logs.event(_log, "partitions_revoked", partitions=gone)
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(sender: Any, **kwargs: Any) -> None:
         port = state.get("port")
         close = getattr(port, "close", None)

@@ -56,13 +56,11 @@ class CommandProcessor:
         handler = self._registry.get(cmd.kind)
         if handler is None:
             self._metrics.record_unknown_kind(cmd.kind)
-            decision = decide_unknown_kind(cmd.attempt, cmd.kind, self._clock(), self._policy)
+            now = self._clock()
+            decision = decide_unknown_kind(cmd.attempt, cmd.kind, now, self._policy)
         else:
             problem = handler.validate(cmd.payload)
-            if problem is not None:
-                self._metrics.record_invalid("schema_violation", self._topic)
-                decision = decide_invalid(problem)
-            else:
+            if problem is None:
                 started = time.perf_counter()
                 try:
                     reply = await handler.call(self._port, cmd)
@@ -71,8 +69,14 @@ class CommandProcessor:
                 self._metrics.handler_seconds.labels(cmd.kind).observe(
                     time.perf_counter() - started
                 )
-                decision = handler.decide(cmd, reply, self._clock(), self._policy)
-        return self._emit(_stamp(cmd.to_dict(), decision, self._clock(), cmd.event_id))
+                now = self._clock()  # after the call: the retry counts from its end
+                decision = handler.decide(cmd, reply, now, self._policy)
+            else:
+                self._metrics.record_invalid("schema_violation", self._topic)
+                now = self._clock()
+                decision = decide_invalid(problem)
+        # one reading of the clock per outcome: occurred_at and next_attempt_at agree
+        return self._emit(_stamp(cmd.to_dict(), decision, now, cmd.event_id))
 
     def handle_undecodable(self, bad: Undecodable) -> OutcomeEvent | None:
         """Dead-letter what can be attributed to a propagation; count and skip the rest."""

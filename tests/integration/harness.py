@@ -165,7 +165,7 @@ async def read_topic(bootstrap: str, topic: str) -> dict[int, list[dict[str, Any
     try:
         parts = consumer.partitions_for_topic(topic)
         if parts is None:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await consumer._client.force_metadata_update()
             parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)

@@ -86,7 +86,9 @@ def seed_workload(database_url: str) -> tuple[dict[int, Path_], list[list[int]]]
                     assert row is not None
                     pid = int(row[0])
                 else:
-                    payload = {"target_tier": "pro"} if "tier" in kind or kind == unknown_kind else {}
+                    payload = (
+                        {"target_tier": "pro"} if "tier" in kind or kind == unknown_kind else {}
+                    )
                     pid = enqueue(conn, kind, f"team-{i % 7}", "postgres", rid, payload)
                 by_id[pid] = path
         for r in range(5):
@@ -147,18 +149,30 @@ def test_every_path_reaches_its_one_terminal_state(
     check_final_state(p, provisioner, by_id, ordered)
     relay_log = (p.logdir / "relay.log").read_text()
     assert '"event":"started"' in relay_log and '"rescue_stuck_after_s":1500.0' in relay_log
-    assert p.metric(
-        "worker", "instant_propagation_dead_lettered_total",
-        {"reason": "max_attempts", "kind": "tier_elevation"},
-    ) == 20.0  # deadskip + perm
-    assert p.metric(
-        "worker", "instant_propagation_dead_lettered_total",
-        {"reason": "unknown_kind", "kind": "unknown_kind"},
-    ) == 20.0
-    assert p.metric(
-        "worker", "instant_propagation_dead_lettered_total",
-        {"reason": "invalid_payload", "kind": "tier_elevation"},
-    ) == 20.0
+    assert (
+        p.metric(
+            "worker",
+            "instant_propagation_dead_lettered_total",
+            {"reason": "max_attempts", "kind": "tier_elevation"},
+        )
+        == 20.0
+    )  # deadskip + perm
+    assert (
+        p.metric(
+            "worker",
+            "instant_propagation_dead_lettered_total",
+            {"reason": "unknown_kind", "kind": "unknown_kind"},
+        )
+        == 20.0
+    )
+    assert (
+        p.metric(
+            "worker",
+            "instant_propagation_dead_lettered_total",
+            {"reason": "invalid_payload", "kind": "tier_elevation"},
+        )
+        == 20.0
+    )
 
 
 @pytest.mark.parametrize("victim", ["worker", "projector"])

@@ -233,7 +233,9 @@ def _openssl(*args: str, cwd: Path) -> None:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # A missing openssl is a broken test machine, never a reason to skip.
-    assert shutil.which("openssl") is not None, "the openssl CLI is needed to make test certificates"
+    assert shutil.which("openssl") is not None, (
+        "the openssl CLI is needed to make test certificates"
+    )
     d = tmp_path_factory.mktemp("certs")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",

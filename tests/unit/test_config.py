@@ -66,10 +66,10 @@ def test_rescue_pin_is_exactly_25_minutes_and_in_the_pinned_settings() -> None:
 
     from pipeline.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE
 
-    assert RESCUE_STUCK_AFTER == timedelta(minutes=25)
+    assert timedelta(minutes=25) == RESCUE_STUCK_AFTER
     # longer than one whole attempt (every call at its deadline, plus pauses) ...
     assert HANDLER_DEADLINE * CALL_TRIES_PER_ATTEMPT + timedelta(seconds=5) < RESCUE_STUCK_AFTER
     # ... and far below the 80 minutes a default job rescuer would allow
-    assert RESCUE_STUCK_AFTER < timedelta(minutes=80)
+    assert timedelta(minutes=80) > RESCUE_STUCK_AFTER
     cfg = Config.from_env(BASE)
     assert cfg.pinned()["rescue_stuck_after_s"] == 1500.0

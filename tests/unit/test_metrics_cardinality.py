@@ -49,9 +49,10 @@ def test_ten_thousand_distinct_kinds_and_reasons_stay_within_budget() -> None:
     assert metrics.series_count("instant_propagation_dead_lettered_total") <= 3 * 5
     assert metrics.series_count("instant_propagation_outcomes_total") <= 5 * 5
     assert metrics.series_count("instant_propagation_invalid_commands_total") == 1
-    assert metrics.sample(
-        "instant_propagation_unknown_kind_total", {"kind": "other"}
-    ) == 10_000 - Metrics.UNKNOWN_KIND_BUDGET
+    assert (
+        metrics.sample("instant_propagation_unknown_kind_total", {"kind": "other"})
+        == 10_000 - Metrics.UNKNOWN_KIND_BUDGET
+    )
 
 
 def test_unsafe_label_values_never_become_series() -> None:

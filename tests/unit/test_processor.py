@@ -45,7 +45,9 @@ class StubPort:
         return self.reply
 
 
-def make(reply: ProvisionReply, max_attempts: int = 10) -> tuple[CommandProcessor, StubPort, Metrics]:
+def make(
+    reply: ProvisionReply, max_attempts: int = 10
+) -> tuple[CommandProcessor, StubPort, Metrics]:
     port = StubPort(reply)
     metrics = Metrics(build_registry().kinds)
     proc = CommandProcessor(
@@ -90,9 +92,12 @@ async def test_applied_regrade_calls_regrade_with_the_propagation_key() -> None:
     assert event.outcome is Outcome.APPLIED
     assert event.event_id == outcome_event_id(7, 1)
     assert event.audit_kind == "propagation.applied"
-    assert metrics.sample(
-        "instant_propagation_outcomes_total", {"outcome": "applied", "kind": "tier_elevation"}
-    ) == 1.0
+    assert (
+        metrics.sample(
+            "instant_propagation_outcomes_total", {"outcome": "applied", "kind": "tier_elevation"}
+        )
+        == 1.0
+    )
 
 
 @pytest.mark.parametrize(
@@ -138,9 +143,13 @@ async def test_unknown_kind_is_counted_retried_then_dead_lettered() -> None:
     assert last.outcome is Outcome.UNKNOWN_KIND_DEAD_LETTERED
     assert port.calls == []
     assert metrics.sample("instant_propagation_unknown_kind_total", {"kind": "tier_teleport"}) == 2
-    assert metrics.sample(
-        "instant_propagation_dead_lettered_total", {"reason": "unknown_kind", "kind": "unknown_kind"}
-    ) == 1.0
+    assert (
+        metrics.sample(
+            "instant_propagation_dead_lettered_total",
+            {"reason": "unknown_kind", "kind": "unknown_kind"},
+        )
+        == 1.0
+    )
 
 
 async def test_invalid_payload_is_dead_lettered_without_calling_the_provisioner() -> None:
@@ -149,10 +158,13 @@ async def test_invalid_payload_is_dead_lettered_without_calling_the_provisioner(
     assert event.outcome is Outcome.DEAD_LETTERED
     assert event.dead_letter_reason is DeadLetterReason.INVALID_PAYLOAD
     assert port.calls == []
-    assert metrics.sample(
-        "instant_propagation_dead_lettered_total",
-        {"reason": "invalid_payload", "kind": "tier_elevation"},
-    ) == 1.0
+    assert (
+        metrics.sample(
+            "instant_propagation_dead_lettered_total",
+            {"reason": "invalid_payload", "kind": "tier_elevation"},
+        )
+        == 1.0
+    )
 
 
 async def test_adapter_exception_costs_a_retry_not_the_worker() -> None:
@@ -181,10 +193,13 @@ def test_undecodable_with_an_id_is_dead_lettered_and_without_is_skipped() -> Non
     garbage = proc.decode(b"{not json")
     assert isinstance(garbage, codec.Undecodable)
     assert proc.handle_undecodable(garbage) is None
-    assert metrics.sample(
-        "instant_propagation_invalid_commands_total",
-        {"reason": "bad_json", "topic": "propagations"},
-    ) == 1.0
+    assert (
+        metrics.sample(
+            "instant_propagation_invalid_commands_total",
+            {"reason": "bad_json", "topic": "propagations"},
+        )
+        == 1.0
+    )
 
 
 def test_oversized_message_is_not_parsed_but_its_id_is_found() -> None:
