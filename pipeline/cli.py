@@ -23,6 +23,7 @@ _SETTING_HELP = {
     "partitions": "partitions of the pipeline's topics when they are created",
     "relay_batch_size": "rows the relay claims per transaction",
     "relay_poll_interval": "seconds between relay polls when no NOTIFY arrives",
+    "worker_concurrency": "commands a worker keeps in flight (one at a time per resource)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 

@@ -48,6 +48,7 @@ class Config:
     partitions: int = 6
     relay_batch_size: int = 500
     relay_poll_interval: float = 1.0
+    worker_concurrency: int = 64
     log_level: str = "INFO"
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
@@ -157,6 +158,8 @@ class Config:
             problems.append("PIPELINE_PARTITIONS must be between 1 and 1000")
         if not 1 <= self.relay_batch_size <= 10_000:
             problems.append("PIPELINE_RELAY_BATCH_SIZE must be between 1 and 10000")
+        if not 1 <= self.worker_concurrency <= 4096:
+            problems.append("PIPELINE_WORKER_CONCURRENCY must be between 1 and 4096")
         if self.kafka_security_protocol not in SECURITY_PROTOCOLS:
             problems.append(f"PIPELINE_KAFKA_SECURITY_PROTOCOL must be one of {SECURITY_PROTOCOLS}")
         if self.kafka_security_protocol.startswith("SASL"):
@@ -176,7 +179,7 @@ class Config:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
-_INTS = {"max_attempts", "metrics_port", "partitions", "relay_batch_size"}
+_INTS = {"max_attempts", "metrics_port", "partitions", "relay_batch_size", "worker_concurrency"}
 _FLOATS = {"backoff_scale", "relay_poll_interval"}
 _SECRETS = {"kafka_sasl_password"}
 

@@ -1,9 +1,10 @@
 """The faust-streaming processor: ``propagations`` -> handlers -> ``propagation-outcomes``.
 
-One agent instance (concurrency 1) per worker process: events of a partition are handled
-in offset order, so per-resource order holds and faust never commits past an event whose
-outcome is not yet in the producer (faust flushes the producer before each commit; the
-known issue with concurrency > 1 committing too far does not arise).
+One agent instance (faust concurrency 1) per worker process feeds ``OrderedLanes``: many
+commands in flight, one at a time per resource, acknowledged in offset order, so faust never
+commits past a command whose outcome is not yet in the producer (faust flushes the producer
+before each commit). faust's own agent concurrency > 1 is avoided: it can commit past an
+in-flight message (faust-streaming issue #606).
 
 Redelivered (propagation_id, attempt) pairs are recognised with a faust table backed by
 its changelog topic, so de-duplication survives restarts and rebalances.
@@ -12,6 +13,8 @@ its changelog topic, so de-duplication survives restarts and rebalances.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from pipeline.decide import RetryPolicy, dedupe_action
 from pipeline.handlers import ProvisionerPort
 from pipeline.metrics import Metrics
 from pipeline.registry import build_registry
+from pipeline.streams.lanes import OrderedLanes
 from pipeline.streams.processor import CommandProcessor
 
 _log = logs.get("worker")
@@ -131,10 +135,28 @@ def build_app(cfg: Config, metrics: Metrics, port_factory: Any) -> faust.App:
         seen[seen_key] = str(decoded.attempt).encode() + b"|" + body
         await outcomes.send(key=event.key.encode(), value=body)
 
+    async def fatal(exc: BaseException) -> None:
+        # An outcome that could not be produced: stop the worker rather than move on. The
+        # unacknowledged command is delivered again after the restart.
+        logs.event(_log, "fatal", level=logging.ERROR, error=repr(exc)[:500])
+        await app.crash(exc)
+
+    lanes = OrderedLanes(cfg.worker_concurrency, fatal)
+    state["lanes"] = lanes
+
+    # One agent instance (faust concurrency=1) reads every assigned partition in order and
+    # hands commands to the lanes; acks are manual (noack) and happen in offset order.
     @app.agent(commands, concurrency=1, name="process-commands")
     async def process(stream: Any) -> None:
-        async for value in stream:
-            await on_command(value)
+        async for event in stream.noack().events():
+            value = event.value
+            key = event.message.key if event.message.key is not None else event.message.offset
+            await lanes.submit(
+                key=(event.message.partition, key),
+                partition=event.message.partition,
+                work=functools.partial(on_command, value),
+                ack=event.ack,
+            )
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
@@ -143,11 +165,14 @@ def build_app(cfg: Config, metrics: Metrics, port_factory: Any) -> faust.App:
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        # Finish what is in flight so its outcomes are produced before the partitions move.
+        await lanes.drain()
         gone = sorted(tp.partition for tp in revoked if tp.topic == cfg.commands_topic)
         logs.event(_log, "partitions_revoked", partitions=gone)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(sender: Any, **kwargs: Any) -> None:
+        await lanes.drain()
         port = state.get("port")
         close = getattr(port, "close", None)
         if close is not None:
