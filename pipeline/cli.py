@@ -20,6 +20,7 @@ _SETTING_HELP = {
     "backoff_scale": "multiplies the retry schedule (1.0 production; 0.001 makes 1m 60ms)",
     "max_attempts": "attempts before a propagation is dead-lettered (default 10)",
     "metrics_port": "port of /metrics (run uses it and the next two; 0 = any free port)",
+    "metrics_host": "address /metrics binds to (0.0.0.0 in containers)",
     "partitions": "partitions of the pipeline's topics when they are created",
     "relay_batch_size": "rows the relay claims per transaction",
     "relay_poll_interval": "seconds between relay polls when no NOTIFY arrives",

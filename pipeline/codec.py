@@ -80,6 +80,7 @@ def decode_command(raw: bytes | None) -> Command | Undecodable:
         resource_id=doc["resource_id"],
         payload=doc["payload"],
         timestamp=doc["timestamp"],
+        attempt_budget_base=doc.get("attempt_budget_base", 0),
     )
 
 

@@ -45,6 +45,7 @@ class Config:
     backoff_scale: float = 1.0
     max_attempts: int = 10
     metrics_port: int = 9400
+    metrics_host: str = "127.0.0.1"
     partitions: int = 6
     relay_batch_size: int = 500
     relay_poll_interval: float = 1.0

@@ -89,6 +89,7 @@ class OutboxRow:
     payload: Any
     attempt: int
     rescued: bool = False
+    budget_base: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +105,19 @@ class Command:
     resource_id: str
     payload: Any
     timestamp: str
+    # Attempts before an operator's `pipeline retry`: the max-attempts budget and the backoff
+    # count from here, while attempt numbers keep rising (they are de-duplication keys).
+    attempt_budget_base: int = 0
     schema: str = COMMAND_SCHEMA
 
     @property
     def key(self) -> str:
         return resource_key(self.team_id, self.resource_type, self.resource_id)
+
+    @property
+    def budget_attempt(self) -> int:
+        """The attempt's position in its retry budget (1-based)."""
+        return max(1, self.attempt - self.attempt_budget_base)
 
     @classmethod
     def from_row(cls, row: OutboxRow, now: datetime) -> Command:
@@ -122,6 +131,7 @@ class Command:
             resource_id=row.resource_id,
             payload=row.payload,
             timestamp=iso(now),
+            attempt_budget_base=row.budget_base,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +146,7 @@ class Command:
             "resource_id": self.resource_id,
             "payload": self.payload,
             "timestamp": self.timestamp,
+            "attempt_budget_base": self.attempt_budget_base,
         }
 
 

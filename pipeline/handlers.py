@@ -60,7 +60,7 @@ class _Base:
     def decide(
         self, cmd: Command, reply: ProvisionReply, now: datetime, policy: RetryPolicy
     ) -> Decision:
-        return decide_reply(cmd.attempt, reply, now, policy)
+        return decide_reply(cmd.budget_attempt, reply, now, policy)
 
 
 @dataclass(frozen=True, slots=True)

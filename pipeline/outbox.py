@@ -32,7 +32,8 @@ RETURNING id
 # An open earlier row for the same resource holds later ones back: per-resource order.
 CLAIM_SQL = """
 SELECT p.id, p.kind::text, p.team_id, p.resource_type, p.resource_id, p.payload,
-       p.attempts + 1 AS attempt, p.published_attempt > p.attempts AS rescued
+       p.attempts + 1 AS attempt, p.published_attempt > p.attempts AS rescued,
+       p.attempt_budget_base
 FROM pending_propagations p
 WHERE p.applied_at IS NULL AND p.failed_at IS NULL
   AND p.next_attempt_at <= now()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from pipeline.metrics import Metrics
 from pipeline.outbox import OutboxStore
 
 NOTIFY_CHANNEL = "pending_propagations"
+BACKLOG_SAMPLE_INTERVAL = 5.0  # seconds; the backlog query is cheap but not free
 _log = logs.get("relay")
 
 
@@ -64,6 +66,7 @@ class Relay:
         self._clock = clock
         self._wake = asyncio.Event()
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._backlog_sampled = float("-inf")
 
     async def relay_once(self) -> int:
         """Claim, publish and stamp one batch; returns how many rows were published."""
@@ -120,6 +123,7 @@ class Relay:
                     logs.event(_log, "batch_failed", error=str(exc)[:500], retry_in_s=pause)
                     await _sleep_or_stop(stop, pause)
                     continue
+                await self._maybe_sample_backlog()
                 if n >= self._batch:
                     continue  # more is waiting: no nap between full batches
                 await self._nap(stop)
@@ -129,6 +133,19 @@ class Relay:
                 await listener
             await self._reset_connection()
             logs.event(_log, "stopped")
+
+    async def _maybe_sample_backlog(self) -> None:
+        now = time.monotonic()
+        if now - self._backlog_sampled < BACKLOG_SAMPLE_INTERVAL:
+            return
+        self._backlog_sampled = now
+        try:
+            backlog = await OutboxStore(await self._connection()).backlog()
+        except StoreError as exc:
+            logs.event(_log, "backlog_sample_failed", error=str(exc)[:300])
+            return
+        self._metrics.outbox_backlog.set(backlog.due_unpublished)
+        self._metrics.outbox_backlog_age.set(backlog.oldest_age_seconds)
 
     async def close(self) -> None:
         await self._reset_connection()

@@ -54,7 +54,7 @@ def run_relay(cfg: Config) -> int:
     from pipeline.relay import Relay, make_producer
 
     metrics = new_metrics()
-    port = metrics_mod.serve(metrics, cfg.metrics_port)
+    port = metrics_mod.serve(metrics, cfg.metrics_port, cfg.metrics_host)
     logs.event(logs.get("relay"), "metrics_serving", port=port, **cfg.pinned())
 
     async def main(stop: asyncio.Event) -> None:
@@ -83,7 +83,7 @@ def run_projector(cfg: Config) -> int:
     from pipeline.projections.projector import Projector
 
     metrics = new_metrics()
-    port = metrics_mod.serve(metrics, cfg.metrics_port)
+    port = metrics_mod.serve(metrics, cfg.metrics_port, cfg.metrics_host)
     logs.event(logs.get("projector"), "metrics_serving", port=port, **cfg.pinned())
 
     async def main(stop: asyncio.Event) -> None:
@@ -105,7 +105,7 @@ def run_worker(cfg: Config) -> int:
     from pipeline.streams.app import run_worker as faust_worker
 
     metrics = new_metrics()
-    port = metrics_mod.serve(metrics, cfg.metrics_port)
+    port = metrics_mod.serve(metrics, cfg.metrics_port, cfg.metrics_host)
     logs.event(logs.get("worker"), "metrics_serving", port=port)
     return faust_worker(cfg, metrics, provisioner_factory(cfg))
 

@@ -15,28 +15,38 @@ import psycopg
 from pipeline.errors import StoreError
 from pipeline.events import Outcome, OutcomeEvent, parse_iso
 
+# One statement per batch for the audit rows and one per "round" for the fold: a round
+# holds at most one event per propagation (the k-th of each), so a batch that carries
+# several attempts of one propagation (a replay) still folds them in log order.
 INSERT_AUDIT_SQL = """
 INSERT INTO propagation_audit (event_id, propagation_id, audit_kind, outcome, attempt,
     skip_reason, skip_reason_bucket, error, dead_letter_reason, occurred_at,
     source_topic, source_partition, source_offset)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::int[],
+    %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[],
+    %s::text[], %s::int[], %s::bigint[])
 ON CONFLICT (event_id) DO NOTHING
 """
 
 # Idempotent fold: an outcome for an attempt already folded (attempts >= attempt) or for a
 # row already terminal matches no row and changes nothing.
 FOLD_SQL = """
-UPDATE pending_propagations
-SET attempts = %(attempt)s,
-    last_outcome = %(outcome)s,
-    last_error = %(error)s,
-    last_skip_reason = %(skip_reason)s,
-    applied_at = CASE WHEN %(applied)s THEN %(occurred_at)s END,
-    failed_at = CASE WHEN %(failed)s THEN %(occurred_at)s END,
-    next_attempt_at = coalesce(%(next_attempt_at)s, next_attempt_at)
-WHERE id = %(propagation_id)s
-  AND applied_at IS NULL AND failed_at IS NULL
-  AND attempts < %(attempt)s
+UPDATE pending_propagations AS p
+SET attempts = v.attempt,
+    last_outcome = v.outcome,
+    last_error = v.error,
+    last_skip_reason = v.skip_reason,
+    applied_at = CASE WHEN v.applied THEN v.occurred_at END,
+    failed_at = CASE WHEN v.failed THEN v.occurred_at END,
+    next_attempt_at = coalesce(v.next_attempt_at, p.next_attempt_at)
+FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[], %s::text[], %s::bool[],
+    %s::bool[], %s::timestamptz[], %s::timestamptz[])
+    AS v(propagation_id, attempt, outcome, error, skip_reason, applied, failed,
+         occurred_at, next_attempt_at)
+WHERE p.id = v.propagation_id
+  AND p.applied_at IS NULL AND p.failed_at IS NULL
+  AND p.attempts < v.attempt
+RETURNING p.id
 """
 
 CHECKPOINT_SQL = """
@@ -63,37 +73,61 @@ class Located:
     offset: int
 
 
-def fold_params(e: OutcomeEvent) -> dict[str, Any]:
-    return {
-        "propagation_id": e.propagation_id,
-        "attempt": e.attempt,
-        "outcome": e.outcome.value,
-        "error": e.error,
-        "skip_reason": e.skip_reason,
-        "applied": e.outcome is Outcome.APPLIED,
-        "failed": e.outcome in _DEAD,
-        "occurred_at": parse_iso(e.occurred_at),
-        "next_attempt_at": parse_iso(e.next_attempt_at) if e.next_attempt_at else None,
-    }
+def fold_columns(events: Sequence[OutcomeEvent]) -> list[list[Any]]:
+    """Column arrays for FOLD_SQL, one entry per event."""
+    cols: list[list[Any]] = [[] for _ in range(9)]
+    for e in events:
+        row = (
+            e.propagation_id,
+            e.attempt,
+            e.outcome.value,
+            e.error,
+            e.skip_reason,
+            e.outcome is Outcome.APPLIED,
+            e.outcome in _DEAD,
+            parse_iso(e.occurred_at),
+            parse_iso(e.next_attempt_at) if e.next_attempt_at else None,
+        )
+        for col, value in zip(cols, row, strict=True):
+            col.append(value)
+    return cols
 
 
-def audit_params(item: Located) -> tuple[Any, ...]:
-    e = item.event
-    return (
-        e.event_id,
-        e.propagation_id,
-        e.audit_kind,
-        e.outcome.value,
-        e.attempt,
-        e.skip_reason,
-        e.skip_reason_bucket,
-        e.error,
-        e.dead_letter_reason.value if e.dead_letter_reason else None,
-        parse_iso(e.occurred_at),
-        item.topic,
-        item.partition,
-        item.offset,
-    )
+def audit_columns(items: Sequence[Located]) -> list[list[Any]]:
+    cols: list[list[Any]] = [[] for _ in range(13)]
+    for item in items:
+        e = item.event
+        row = (
+            e.event_id,
+            e.propagation_id,
+            e.audit_kind,
+            e.outcome.value,
+            e.attempt,
+            e.skip_reason,
+            e.skip_reason_bucket,
+            e.error,
+            e.dead_letter_reason.value if e.dead_letter_reason else None,
+            parse_iso(e.occurred_at),
+            item.topic,
+            item.partition,
+            item.offset,
+        )
+        for col, value in zip(cols, row, strict=True):
+            col.append(value)
+    return cols
+
+
+def rounds(items: Sequence[Located]) -> list[list[int]]:
+    """Indexes of ``items`` split so that no round holds two events of one propagation."""
+    out: list[list[int]] = []
+    depth: dict[int, int] = {}
+    for i, item in enumerate(items):
+        k = depth.get(item.event.propagation_id, 0)
+        depth[item.event.propagation_id] = k + 1
+        if k == len(out):
+            out.append([])
+        out[k].append(i)
+    return out
 
 
 class ProjectionStore:
@@ -115,20 +149,24 @@ class ProjectionStore:
 
         Returns, per event, whether it changed the propagation row.
         """
-        changed: list[bool] = []
+        changed = [False] * len(items)
         try:
             async with self._conn.transaction(), self._conn.cursor() as cur:
-                for item in items:
-                    await cur.execute(INSERT_AUDIT_SQL, audit_params(item))
-                    await cur.execute(FOLD_SQL, fold_params(item.event))
-                    changed.append(cur.rowcount == 1)
-                await cur.executemany(
-                    CHECKPOINT_SQL,
-                    [
-                        (self._projection, topic, partition, offset)
-                        for (topic, partition), offset in sorted(next_offsets.items())
-                    ],
-                )
+                if items:
+                    await cur.execute(INSERT_AUDIT_SQL, audit_columns(items))
+                for idx in rounds(items):
+                    await cur.execute(FOLD_SQL, fold_columns([items[i].event for i in idx]))
+                    hit = {int(r[0]) for r in await cur.fetchall()}
+                    for i in idx:
+                        changed[i] = items[i].event.propagation_id in hit
+                if next_offsets:
+                    await cur.executemany(
+                        CHECKPOINT_SQL,
+                        [
+                            (self._projection, topic, partition, offset)
+                            for (topic, partition), offset in sorted(next_offsets.items())
+                        ],
+                    )
         except psycopg.Error as exc:
             raise StoreError(f"projection batch failed: {exc}") from exc
         return changed

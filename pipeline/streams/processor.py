@@ -57,7 +57,7 @@ class CommandProcessor:
         if handler is None:
             self._metrics.record_unknown_kind(cmd.kind)
             now = self._clock()
-            decision = decide_unknown_kind(cmd.attempt, cmd.kind, now, self._policy)
+            decision = decide_unknown_kind(cmd.budget_attempt, cmd.kind, now, self._policy)
         else:
             problem = handler.validate(cmd.payload)
             if problem is None:

@@ -213,3 +213,16 @@ def test_oversized_message_is_not_parsed_but_its_id_is_found() -> None:
 def test_commands_round_trip_through_the_schema() -> None:
     cmd = command()
     assert codec.decode_command(codec.encode_validated(cmd)) == cmd
+
+
+async def test_an_operator_retry_restarts_the_budget_and_the_backoff() -> None:
+    from dataclasses import replace
+
+    proc, _, _ = make(CallFailed("UNAVAILABLE", "down", True), max_attempts=10)
+    # attempt 12 after an operator retry at 10 attempts: second attempt of a fresh budget
+    event = await proc.handle(replace(command(attempt=12), attempt_budget_base=10))
+    assert event.outcome is Outcome.RETRYING
+    assert event.attempt == 12
+    assert event.next_attempt_at == "2026-01-01T00:05:00Z"
+    event = await proc.handle(replace(command(attempt=20), attempt_budget_base=10))
+    assert event.outcome is Outcome.DEAD_LETTERED
