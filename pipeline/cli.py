@@ -121,7 +121,9 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     # Component imports stay inside the command functions so `pipeline --help` stays fast.
-    from pipeline import fake_provisioner
+    from pipeline import fake_provisioner, history, tail
+    from pipeline import status as operator_status
+    from pipeline.projections import replay
     from pipeline.stack import dev
 
     settings = _config_options()
@@ -176,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_enqueue)
 
     dev.add_parser(sub)
+    replay.add_parser(sub)
+    history.add_parser(sub)
+    tail.add_parser(sub)
+    operator_status.add_parser(sub)
     fake_provisioner.add_parser(sub)
     return parser
 

@@ -148,6 +148,12 @@ class Metrics:
             ["group", "topic", "partition"],
             registry=r,
         )
+        self.consumer_lag_seconds = Gauge(
+            "instant_propagation_consumer_lag_seconds",
+            "Age of the oldest unconsumed record of the partition (0 when caught up).",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
 
     # Label mapping: every value below is from a fixed set or a budget.
     def kind_label(self, kind: str) -> str:

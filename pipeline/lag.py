@@ -1,0 +1,333 @@
+"""Consumer lag as operators watch it: ``pipeline lag`` and the lag gauges.
+
+Per consumer group, topic and partition: the committed offset, the end offset, the lag in
+messages and the lag in seconds (the age of the oldest unconsumed record, read at the
+committed offset; 0 when caught up). Two kinds of consumer are measured: Kafka consumer
+groups (the faust processor) and projections whose offsets live in Postgres
+(``projection_checkpoints``). The outbox backlog (due rows not yet published) comes along.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from pipeline import logs
+from pipeline.errors import BrokerError, PipelineError, StoreError
+from pipeline.events import iso, utcnow
+from pipeline.metrics import Metrics
+from pipeline.outbox import Backlog, OutboxStore
+from pipeline.projections.store import ProjectionStore
+
+_log = logs.get("lag")
+_FETCH_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One consumer to measure: a Kafka consumer group, or a projection's checkpoints."""
+
+    group: str
+    topic: str
+    offsets: Literal["kafka", "postgres"]
+
+
+def pipeline_sources(
+    processor_group: str, commands_topic: str, projection_name: str, outcomes_topic: str
+) -> list[Source]:
+    """The pipeline's consumers: the processor's group and the projector's checkpoints."""
+    return [
+        Source(processor_group, commands_topic, "kafka"),
+        Source(projection_name, outcomes_topic, "postgres"),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    group: str
+    topic: str
+    partition: int
+    committed: int | None  # None: nothing committed (the consumer starts at the log start)
+    end: int
+    lag: int
+    lag_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "topic": self.topic,
+            "partition": self.partition,
+            "committed": self.committed,
+            "end": self.end,
+            "lag": self.lag,
+            "lag_seconds": round(self.lag_seconds, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LagReport:
+    measured_at: datetime
+    partitions: list[PartitionLag]
+    outbox: Backlog | None = None
+    topics_missing: list[str] = field(default_factory=list)
+
+    def total(self, group: str) -> int:
+        return sum(p.lag for p in self.partitions if p.group == group)
+
+    def max_seconds(self, group: str) -> float:
+        return max((p.lag_seconds for p in self.partitions if p.group == group), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        groups: dict[str, dict[str, Any]] = {}
+        for p in self.partitions:
+            g = groups.setdefault(p.group, {"topic": p.topic, "lag": 0, "lag_seconds": 0.0})
+            g["lag"] += p.lag
+            g["lag_seconds"] = round(max(g["lag_seconds"], p.lag_seconds), 3)
+        return {
+            "measured_at": iso(self.measured_at),
+            "groups": groups,
+            "partitions": [p.to_dict() for p in self.partitions],
+            "outbox": (
+                None
+                if self.outbox is None
+                else {
+                    "due_unpublished": self.outbox.due_unpublished,
+                    "oldest_age_seconds": round(self.outbox.oldest_age_seconds, 3),
+                }
+            ),
+            "topics_missing": self.topics_missing,
+        }
+
+
+class LagProbe:
+    """Kafka and Postgres clients for repeated measurements; ``async with`` or start/close."""
+
+    def __init__(
+        self,
+        client_kwargs: dict[str, Any],
+        database_url: str | None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._kafka = client_kwargs
+        self._url = database_url
+        self._clock = clock
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def __aenter__(self) -> LagProbe:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        try:
+            self._admin = AIOKafkaAdminClient(**self._kafka)
+            await self._admin.start()
+            self._consumer = AIOKafkaConsumer(
+                **self._kafka, group_id=None, enable_auto_commit=False
+            )
+            await self._consumer.start()
+        except KafkaError as exc:
+            await self.close()
+            raise BrokerError(f"cannot reach Kafka for lag: {exc}") from exc
+        if self._url:
+            try:
+                self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+            except psycopg.Error as exc:
+                await self.close()
+                raise StoreError(f"cannot connect to Postgres for lag: {exc}") from exc
+
+    async def close(self) -> None:
+        for closer in (
+            self._consumer.stop if self._consumer else None,
+            self._admin.close if self._admin else None,
+            self._conn.close if self._conn else None,
+        ):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+        self._admin = self._consumer = self._conn = None
+
+    async def measure(self, sources: Sequence[Source], outbox: bool = True) -> LagReport:
+        if self._admin is None or self._consumer is None:
+            raise PipelineError("LagProbe.measure before start")
+        now = self._clock()
+        try:
+            return await self._measure(self._admin, self._consumer, sources, outbox, now)
+        except KafkaError as exc:
+            raise BrokerError(f"lag measurement failed: {exc}") from exc
+
+    async def _measure(
+        self,
+        admin: AIOKafkaAdminClient,
+        consumer: AIOKafkaConsumer,
+        sources: Sequence[Source],
+        outbox: bool,
+        now: datetime,
+    ) -> LagReport:
+        topics = sorted({s.topic for s in sources})
+        partitions, missing = await _partitions(admin, topics)
+        tps = [TopicPartition(t, p) for t in topics for p in partitions.get(t, [])]
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps) if tps else {}
+        starts: dict[TopicPartition, int] = await consumer.beginning_offsets(tps) if tps else {}
+        positions: list[tuple[Source, TopicPartition, int | None, int]] = []
+        for src in sources:
+            offsets = await self._committed(admin, src, partitions.get(src.topic, []))
+            for p in partitions.get(src.topic, []):
+                tp = TopicPartition(src.topic, p)
+                committed = offsets.get(p)
+                # The oldest unconsumed record: the one at the committed offset, or the log
+                # start if retention removed it (or nothing was committed yet).
+                base = starts[tp] if committed is None else max(committed, starts[tp])
+                positions.append((src, tp, committed, base))
+        stamps = await _timestamps(
+            consumer, {tp: base for _s, tp, _c, base in positions if base < ends[tp]}
+        )
+        now_ms = now.timestamp() * 1000
+        out = []
+        for src, tp, committed, base in positions:
+            lag = max(0, ends[tp] - base)
+            ts = stamps.get((tp, base))
+            seconds = max(0.0, (now_ms - ts) / 1000) if lag and ts is not None else 0.0
+            out.append(
+                PartitionLag(src.group, tp.topic, tp.partition, committed, ends[tp], lag, seconds)
+            )
+        backlog = await OutboxStore(self._conn).backlog() if outbox and self._conn else None
+        return LagReport(now, out, backlog, missing)
+
+    async def _committed(
+        self, admin: AIOKafkaAdminClient, src: Source, partitions: list[int]
+    ) -> dict[int, int]:
+        if src.offsets == "postgres":
+            if self._conn is None:
+                raise PipelineError(f"lag of projection {src.group} needs a database URL")
+            return await ProjectionStore(self._conn, src.group).load_checkpoints(src.topic)
+        if not partitions:
+            return {}
+        offsets = await admin.list_consumer_group_offsets(
+            src.group, partitions=[TopicPartition(src.topic, p) for p in partitions]
+        )
+        return {tp.partition: om.offset for tp, om in offsets.items() if om.offset >= 0}
+
+
+async def _partitions(
+    admin: AIOKafkaAdminClient, topics: list[str]
+) -> tuple[dict[str, list[int]], list[str]]:
+    described = await admin.describe_topics(topics)
+    found = {
+        t["topic"]: sorted(p["partition"] for p in t["partitions"])
+        for t in described
+        if not t["error_code"]
+    }
+    return found, [t for t in topics if t not in found]
+
+
+async def _timestamps(
+    consumer: AIOKafkaConsumer, wanted: dict[TopicPartition, int]
+) -> dict[tuple[TopicPartition, int], float]:
+    """Timestamp (ms) of the first record at or after each wanted offset, keyed by the ask."""
+    if not wanted:
+        return {}
+    consumer.assign(list(wanted))
+    for tp, offset in wanted.items():
+        consumer.seek(tp, offset)
+    found: dict[tuple[TopicPartition, int], float] = {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _FETCH_TIMEOUT_S
+    pending = dict(wanted)
+    while pending and loop.time() < deadline:
+        batch = await consumer.getmany(*pending, timeout_ms=200, max_records=len(pending) * 50)
+        for tp, messages in batch.items():
+            if tp in pending and messages:
+                found[(tp, pending.pop(tp))] = float(messages[0].timestamp)
+    consumer.unsubscribe()
+    return found
+
+
+async def measure(
+    client_kwargs: dict[str, Any],
+    database_url: str | None,
+    sources: Sequence[Source],
+    outbox: bool = True,
+) -> LagReport:
+    """One measurement with clients opened and closed for it (the CLI and tests)."""
+    async with LagProbe(client_kwargs, database_url) as probe:
+        return await probe.measure(sources, outbox)
+
+
+class LagMonitor:
+    """Updates the lag gauges every ``interval`` seconds until ``stop`` is set.
+
+    With ``outbox=True`` it also sets the outbox backlog gauges (off by default: the relay
+    samples those itself).
+
+    Label values are bounded: groups and topics come from ``sources`` (configuration), and
+    partitions are those of the configured topics, at most ``max_partitions`` per topic.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_kwargs: dict[str, Any],
+        database_url: str | None,
+        sources: Sequence[Source],
+        metrics: Metrics,
+        interval: float = 15.0,
+        max_partitions: int = 1000,
+        outbox: bool = False,
+    ) -> None:
+        self._kafka = client_kwargs
+        self._url = database_url
+        self._sources = list(sources)
+        self._metrics = metrics
+        self._interval = interval
+        self._max_partitions = max_partitions
+        self._outbox = outbox  # the relay samples the backlog gauges itself
+        self.last: LagReport | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        probe: LagProbe | None = None
+        logs.event(_log, "monitor_started", interval_s=self._interval)
+        try:
+            while not stop.is_set():
+                try:
+                    if probe is None:
+                        probe = LagProbe(self._kafka, self._url)
+                        await probe.start()
+                    self.update(await probe.measure(self._sources, self._outbox))
+                except PipelineError as exc:
+                    logs.event(_log, "measure_failed", error=str(exc)[:500])
+                    if probe is not None:
+                        await probe.close()
+                        probe = None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self._interval)
+        finally:
+            if probe is not None:
+                await probe.close()
+            logs.event(_log, "monitor_stopped")
+
+    def update(self, report: LagReport) -> None:
+        m = self._metrics
+        for p in report.partitions:
+            if p.partition >= self._max_partitions:
+                continue
+            labels = (p.group, p.topic, str(p.partition))
+            m.consumer_lag.labels(*labels).set(p.lag)
+            m.consumer_lag_seconds.labels(*labels).set(p.lag_seconds)
+        if report.outbox is not None:
+            m.outbox_backlog.set(report.outbox.due_unpublished)
+            m.outbox_backlog_age.set(report.outbox.oldest_age_seconds)
+        self.last = report

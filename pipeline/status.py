@@ -1,0 +1,300 @@
+"""Operator commands: ``pipeline status``, ``pipeline retry ID`` and ``pipeline lag``.
+
+Tables when stdout is a terminal, tab-separated lines otherwise, ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from pipeline.errors import PipelineError, StoreError
+
+if TYPE_CHECKING:
+    from pipeline.lag import LagReport, Source
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from pipeline.cli import _config_options
+
+    settings = _config_options()
+    p = sub.add_parser(
+        "status",
+        parents=[settings],
+        help="propagations by state and kind, oldest pending, recent dead letters",
+        description=(
+            "Count propagations by state (pending, in_flight = published without an outcome, "
+            "retrying, applied, dead_lettered) and kind; show the oldest pending one and the "
+            "dead letters of the last hour."
+        ),
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "retry",
+        parents=[settings],
+        help="retry a dead-lettered (or stuck) propagation now, audited",
+        description=(
+            "Make propagation ID due now. A dead-lettered one is re-opened: its attempt numbers "
+            "keep counting and its attempt budget restarts. Every retry is recorded in "
+            "propagation_operator_actions with --reason and the actor. Refused for applied or "
+            "unknown ids, and for a propagation whose resource has a later applied one (unless "
+            "--force)."
+        ),
+    )
+    p.add_argument("id", type=int, help="propagation id")
+    p.add_argument("--reason", help="why (kept in the audit row)")
+    p.add_argument("--actor", help="who (default: the current user)")
+    p.add_argument(
+        "--force", action="store_true", help="retry even if a later propagation was applied"
+    )
+    p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser(
+        "lag",
+        parents=[settings],
+        help="consumer lag per group and partition, and the outbox backlog",
+        description=(
+            "Per consumer (the processor's Kafka group, the projector's Postgres checkpoints), "
+            "topic and partition: committed offset, end offset, lag in messages and in seconds "
+            "(age of the oldest unconsumed record); plus due, unpublished outbox rows."
+        ),
+    )
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=2.0,
+        default=None,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until interrupted",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON (one document per refresh)")
+    p.set_defaults(func=cmd_lag)
+
+
+def _age(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, c in enumerate(columns):
+        table.add_column(c, justify="right" if i and c != "topic" else "left")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _plain(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    print("\t".join(columns))
+    for row in rows:
+        print("\t".join(row))
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from pipeline import status_store
+    from pipeline.cli import load_config
+
+    cfg = load_config(args, ("database_url",))
+    try:
+        with psycopg.connect(cfg.database_url, autocommit=True) as conn:
+            report = status_store.status(conn)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot read status: {exc}") from exc
+    if args.json:
+        _print_json(report.to_dict())
+        return 0
+    columns = ["kind", *status_store.STATES]
+    rows = [
+        [kind, *(str(by[s]) for s in status_store.STATES)] for kind, by in report.counts.items()
+    ]
+    rows.append(["total", *(str(n) for n in report.totals().values())])
+    oldest = (
+        f"#{report.oldest_pending_id}, {_age(report.oldest_pending_age_seconds)} old"
+        if report.oldest_pending_id is not None
+        else "none"
+    )
+    footer = [
+        f"oldest pending: {oldest}",
+        f"dead-lettered in the last hour: {report.dead_lettered_last_hour}",
+    ]
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        console = Console()
+        console.print(_table("propagations", columns, rows))
+        for line in footer:
+            console.print(line)
+    else:
+        _plain(columns, rows)
+        for line in footer:
+            print(line)
+    return 0
+
+
+# --- retry ------------------------------------------------------------------------------
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from pipeline import status_store
+    from pipeline.cli import load_config
+
+    cfg = load_config(args, ("database_url",))
+    actor = args.actor or _current_user()
+    try:
+        with psycopg.connect(cfg.database_url, autocommit=True) as conn:
+            result = status_store.retry(
+                conn, args.id, reason=args.reason, actor=actor, force=args.force
+            )
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot retry: {exc}") from exc
+    budget = " with a fresh attempt budget" if result.action == "retry_dead_lettered" else ""
+    print(
+        f"propagation {result.propagation_id} ({result.previous_state}): attempt "
+        f"{result.next_attempt} is due now{budget}; recorded as operator action "
+        f"#{result.action_id} ({result.action}) by {actor}"
+    )
+    return 0
+
+
+def _current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+# --- lag --------------------------------------------------------------------------------
+
+
+def cmd_lag(args: argparse.Namespace) -> int:
+    from pipeline import lag
+    from pipeline.cli import load_config
+
+    cfg = load_config(args, ("database_url", "kafka_bootstrap"))
+    sources = lag.pipeline_sources(
+        cfg.processor_group, cfg.commands_topic, cfg.projection_name, cfg.outcomes_topic
+    )
+    kw = cfg.kafka_client_kwargs()
+    if args.watch is not None and args.watch <= 0:
+        raise PipelineError("--watch needs a positive number of seconds")
+    show: Callable[[LagReport], None]
+    if args.json:
+        show = _lag_json
+    elif args.watch is None or not sys.stdout.isatty():
+        show = _lag_plain
+    else:
+        return asyncio.run(_lag_live(kw, cfg.database_url, sources, args.watch))
+    return asyncio.run(_lag_loop(kw, cfg.database_url, sources, args.watch, show))
+
+
+async def _lag_loop(
+    kw: dict[str, Any],
+    database_url: str,
+    sources: list[Source],
+    watch: float | None,
+    show: Callable[[LagReport], None],
+) -> int:
+    from pipeline.lag import LagProbe
+
+    async with LagProbe(kw, database_url) as probe:
+        while True:
+            show(await probe.measure(sources))
+            if watch is None:
+                return 0
+            await asyncio.sleep(watch)
+
+
+async def _lag_live(
+    kw: dict[str, Any], database_url: str, sources: list[Source], watch: float
+) -> int:
+    from rich.live import Live
+
+    from pipeline.lag import LagProbe
+
+    async with LagProbe(kw, database_url) as probe:
+        with Live(auto_refresh=False) as live:
+            while True:
+                live.update(_lag_renderable(await probe.measure(sources)), refresh=True)
+                await asyncio.sleep(watch)
+
+
+_LAG_COLUMNS = ("group", "topic", "partition", "committed", "end", "lag", "lag_seconds")
+
+
+def _lag_rows(report: LagReport) -> list[list[str]]:
+    return [
+        [
+            p.group,
+            p.topic,
+            str(p.partition),
+            "-" if p.committed is None else str(p.committed),
+            str(p.end),
+            str(p.lag),
+            f"{p.lag_seconds:.1f}",
+        ]
+        for p in report.partitions
+    ]
+
+
+def _lag_footer(report: LagReport) -> list[str]:
+    lines = [f"missing topic: {t}" for t in report.topics_missing]
+    if report.outbox is not None:
+        lines.append(
+            f"outbox: {report.outbox.due_unpublished} due unpublished, oldest "
+            f"{_age(report.outbox.oldest_age_seconds)}"
+        )
+    return lines
+
+
+def _lag_json(report: LagReport) -> None:
+    _print_json(report.to_dict())
+
+
+def _lag_plain(report: LagReport) -> None:
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        console = Console()
+        console.print(_lag_renderable(report))
+        return
+    _plain(_LAG_COLUMNS, _lag_rows(report))
+    for line in _lag_footer(report):
+        print(line)
+    sys.stdout.flush()
+
+
+def _lag_renderable(report: LagReport) -> Any:
+    from rich.console import Group
+
+    from pipeline.events import iso
+
+    table = _table(f"consumer lag at {iso(report.measured_at)}", _LAG_COLUMNS, _lag_rows(report))
+    return Group(table, *_lag_footer(report))
