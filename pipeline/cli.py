@@ -59,6 +59,16 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     cfg = load_config(args, ("database_url",))
     applied = migrate(cfg.database_url)
     print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+    if args.create_roles:
+        from pipeline import roles
+
+        # Passwords come only from the environment: a flag would show in `ps` and history.
+        passwords = {
+            spec.name: os.environ[roles.password_variable(spec)]
+            for spec in roles.ROLES
+            if os.environ.get(roles.password_variable(spec))
+        }
+        print("roles: " + ", ".join(roles.create_roles(cfg.database_url, passwords)))
     return 0
 
 
@@ -121,7 +131,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     # Component imports stay inside the command functions so `pipeline --help` stays fast.
-    from pipeline import fake_provisioner, history, tail
+    from pipeline import demo, fake_provisioner, history, tail
     from pipeline import status as operator_status
     from pipeline.projections import replay
     from pipeline.stack import dev
@@ -142,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate",
         parents=[settings],
         help="create or upgrade the schema (idempotent, safe while running)",
+    )
+    p.add_argument(
+        "--create-roles",
+        action="store_true",
+        help=(
+            "also create the least-privilege roles pipeline_relay, pipeline_projector, "
+            "pipeline_enqueuer and pipeline_operator (NOLOGIN groups) and grant them; "
+            "PIPELINE_RELAY_DB_PASSWORD (and _PROJECTOR_, _ENQUEUER_, _OPERATOR_) "
+            "create a LOGIN user <role>_user in that group with that password"
+        ),
     )
     p.set_defaults(func=_cmd_migrate)
     for name, text in (
@@ -178,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_enqueue)
 
     dev.add_parser(sub)
+    demo.add_parser(sub)
     replay.add_parser(sub)
     history.add_parser(sub)
     tail.add_parser(sub)

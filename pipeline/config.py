@@ -174,6 +174,11 @@ class Config:
             problems.append(
                 "PIPELINE_DATABASE_URL must be a postgresql:// URL or a conninfo string"
             )
+        elif self.database_url and not _conninfo_parses(self.database_url):
+            problems.append(
+                "PIPELINE_DATABASE_URL cannot be parsed as a Postgres URL or conninfo string "
+                "(value not shown: it may hold a password)"
+            )
         if self.provisioner_addr and ":" not in self.provisioner_addr:
             problems.append("PIPELINE_PROVISIONER_ADDR must be host:port")
         if problems:
@@ -193,6 +198,19 @@ def _coerce(name: str, raw: Any) -> Any:
     if name in _SECRETS:
         return Secret(raw)
     return str(raw)
+
+
+def _conninfo_parses(url: str) -> bool:
+    # Checked at start-up because libpq's parse errors quote the whole URL, password included,
+    # and every component would otherwise repeat that message in its logs on each retry.
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(url)
+    except ProgrammingError:
+        return False
+    return True
 
 
 def _shown(name: str, raw: Any) -> str:

@@ -142,6 +142,12 @@ class Metrics:
             ["outcome", "changed"],
             registry=r,
         )
+        self.offset_gaps = Counter(
+            "instant_propagation_offset_gaps_total",
+            "Jumps in the command offsets the worker received (messages it never saw).",
+            ["partition"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "instant_propagation_consumer_lag",
             "Messages between the committed offset and the end of the partition.",

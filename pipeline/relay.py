@@ -67,6 +67,7 @@ class Relay:
         self._wake = asyncio.Event()
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._backlog_sampled = float("-inf")
+        self._last_ok = float("-inf")
 
     async def relay_once(self) -> int:
         """Claim, publish and stamp one batch; returns how many rows were published."""
@@ -76,6 +77,7 @@ class Relay:
             async with conn.transaction():
                 rows = await store.claim(self._batch)
                 if not rows:
+                    self._last_ok = time.monotonic()
                     return 0
                 now = self._clock()
                 futures = []
@@ -94,6 +96,7 @@ class Relay:
         except StoreError:
             await self._reset_connection()
             raise
+        self._last_ok = time.monotonic()
         rescued = [r.id for r in rows if r.rescued]
         self._metrics.relay_published.inc(len(rows))
         if rescued:
@@ -146,6 +149,10 @@ class Relay:
             return
         self._metrics.outbox_backlog.set(backlog.due_unpublished)
         self._metrics.outbox_backlog_age.set(backlog.oldest_age_seconds)
+
+    def healthy(self, within: float) -> bool:
+        """Did a claim (with or without rows) succeed in the last ``within`` seconds?"""
+        return time.monotonic() - self._last_ok <= within
 
     async def close(self) -> None:
         await self._reset_connection()

@@ -12,8 +12,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from pipeline import logs
-from pipeline import metrics as metrics_mod
+from pipeline import httpd, logs
 from pipeline.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE, Config
 from pipeline.metrics import Metrics
 from pipeline.registry import build_registry
@@ -42,40 +41,68 @@ def provisioner_factory(cfg: Config) -> Callable[[], object]:
     return factory
 
 
-async def _serve_until_signal(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+async def _serve_until_signal(
+    run: Callable[[asyncio.Event], Awaitable[None]], health: httpd.Health
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await run(stop)
+    beat = asyncio.create_task(httpd.heartbeat(health, stop))
+    try:
+        await run(stop)
+    finally:
+        stop.set()
+        await beat
+
+
+def _serve_http(cfg: Config, metrics: Metrics, health: httpd.Health, component: str) -> int:
+    port = httpd.serve(metrics.registry, cfg.metrics_port, cfg.metrics_host, health)
+    logs.event(logs.get(component), "http_serving", port=port, host=cfg.metrics_host)
+    return port
 
 
 def run_relay(cfg: Config) -> int:
+    from pipeline.lag import LagMonitor, pipeline_sources
     from pipeline.relay import Relay, make_producer
 
     metrics = new_metrics()
-    port = metrics_mod.serve(metrics, cfg.metrics_port, cfg.metrics_host)
-    logs.event(logs.get("relay"), "metrics_serving", port=port, **cfg.pinned())
+    health = httpd.Health(stale_after=30.0)
+    _serve_http(cfg, metrics, health, "relay")
 
     async def main(stop: asyncio.Event) -> None:
         kw = cfg.kafka_client_kwargs()
         await ensure_topics(kw, [cfg.commands_topic, cfg.outcomes_topic], cfg.partitions)
         producer = make_producer(kw)
         await producer.start()
+        relay = Relay(
+            database_url=cfg.database_url,
+            producer=producer,
+            topic=cfg.commands_topic,
+            metrics=metrics,
+            batch_size=cfg.relay_batch_size,
+            poll_interval=cfg.relay_poll_interval,
+        )
+        health.set_ready_check(lambda: {"outbox_and_broker": relay.healthy(60.0)})
+        # The relay process also watches the consumers' lag, so the gauges exist once
+        # per deployment rather than once per worker.
+        monitor = LagMonitor(
+            client_kwargs=kw,
+            database_url=cfg.database_url,
+            sources=pipeline_sources(
+                cfg.processor_group, cfg.commands_topic, cfg.projection_name, cfg.outcomes_topic
+            ),
+            metrics=metrics,
+        )
+        lag_task = asyncio.create_task(monitor.run(stop))
         try:
-            relay = Relay(
-                database_url=cfg.database_url,
-                producer=producer,
-                topic=cfg.commands_topic,
-                metrics=metrics,
-                batch_size=cfg.relay_batch_size,
-                poll_interval=cfg.relay_poll_interval,
-            )
             await relay.run(stop)
         finally:
+            stop.set()
+            await lag_task
             await producer.stop()  # flushes what was sent
 
-    asyncio.run(_serve_until_signal(main))
+    asyncio.run(_serve_until_signal(main, health))
     return 0
 
 
@@ -83,21 +110,24 @@ def run_projector(cfg: Config) -> int:
     from pipeline.projections.projector import Projector
 
     metrics = new_metrics()
-    port = metrics_mod.serve(metrics, cfg.metrics_port, cfg.metrics_host)
-    logs.event(logs.get("projector"), "metrics_serving", port=port, **cfg.pinned())
+    health = httpd.Health(stale_after=30.0)
+    _serve_http(cfg, metrics, health, "projector")
 
     async def main(stop: asyncio.Event) -> None:
         kw = cfg.kafka_client_kwargs()
         await ensure_topics(kw, [cfg.commands_topic, cfg.outcomes_topic], cfg.partitions)
-        await Projector(
+        projector = Projector(
             database_url=cfg.database_url,
             client_kwargs=kw,
             topic=cfg.outcomes_topic,
             projection=cfg.projection_name,
             metrics=metrics,
-        ).run(stop)
+        )
+        # A standby (another projector holds the lock) is ready: it is doing its job.
+        health.set_ready_check(lambda: {"projection": projector.state in ("active", "standby")})
+        await projector.run(stop)
 
-    asyncio.run(_serve_until_signal(main))
+    asyncio.run(_serve_until_signal(main, health))
     return 0
 
 
@@ -105,9 +135,9 @@ def run_worker(cfg: Config) -> int:
     from pipeline.streams.app import run_worker as faust_worker
 
     metrics = new_metrics()
-    port = metrics_mod.serve(metrics, cfg.metrics_port, cfg.metrics_host)
-    logs.event(logs.get("worker"), "metrics_serving", port=port)
-    return faust_worker(cfg, metrics, provisioner_factory(cfg))
+    health = httpd.Health(stale_after=30.0)
+    _serve_http(cfg, metrics, health, "worker")
+    return faust_worker(cfg, metrics, provisioner_factory(cfg), health)
 
 
 COMPONENTS = ("relay", "worker", "project")

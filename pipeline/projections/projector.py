@@ -46,6 +46,7 @@ class Projector:
         self._batch_max = batch_max
         self._standby_poll = standby_poll
         self.folded = 0
+        self.state = "starting"  # starting | standby | active | failed | stopped
 
     async def run(self, stop: asyncio.Event) -> None:
         logs.event(_log, "started", topic=self._topic, projection=self._projection)
@@ -53,9 +54,11 @@ class Projector:
             try:
                 await self._run_once(stop)
             except (StoreError, psycopg.Error) as exc:
+                self.state = "failed"
                 logs.event(_log, "failed", error=str(exc)[:500], retry_in_s=1.0)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
+        self.state = "stopped"
         logs.event(_log, "stopped", folded=self.folded)
 
     async def _run_once(self, stop: asyncio.Event) -> None:
@@ -86,8 +89,10 @@ class Projector:
             cur = await conn.execute(LOCK_SQL, (self._projection,))
             row = await cur.fetchone()
             if row and row[0]:
+                self.state = "active"
                 logs.event(_log, "active", projection=self._projection)
                 return True
+            self.state = "standby"
             if not announced:
                 logs.event(_log, "standby", projection=self._projection)
                 announced = True

@@ -19,9 +19,21 @@ from pathlib import Path
 
 from pipeline.errors import StackError
 from pipeline.stack import procs
+from pipeline.stack.kafka_security import (
+    BrokerSecurity,
+    scram_format_args,
+    secure_listener_properties,
+)
 from pipeline.stack.procs import default_cache_dir
 
-__all__ = ["KAFKA_VERSION", "KafkaBroker", "default_cache_dir", "ensure_jars", "pom_path"]
+__all__ = [
+    "KAFKA_VERSION",
+    "BrokerSecurity",
+    "KafkaBroker",
+    "default_cache_dir",
+    "ensure_jars",
+    "pom_path",
+]
 
 KAFKA_VERSION = "4.1.1"
 KIND = "kafka"
@@ -141,6 +153,7 @@ class KafkaBroker:
         *,
         detached: bool = False,
         run_dir: Path | None = None,
+        security: BrokerSecurity | None = None,
     ) -> None:
         self.workdir = workdir.resolve()
         self.cache_dir = cache_dir
@@ -148,6 +161,8 @@ class KafkaBroker:
         saved = self._saved_ports()
         self.port: int | None = port or saved.get("port")
         self.controller_port: int | None = controller_port or saved.get("controller_port")
+        self.security = security
+        self.secure_port: int | None = saved.get("secure_port") if security else None
         self.extra_properties = dict(extra_properties or {})
         # Detached brokers belong to the `dev` state; others to this process, so a crashed
         # test run's broker is reaped by the next start.
@@ -162,6 +177,15 @@ class KafkaBroker:
         if self.port is None:
             raise StackError("the broker has no port until it is started")
         return f"{procs.LOCALHOST}:{self.port}"
+
+    @property
+    def secure_bootstrap(self) -> str:
+        """The SASL_SSL listener's address (brokers started with ``security`` only)."""
+        if self.security is None:
+            raise StackError("the broker has no SASL_SSL listener (started without security)")
+        if self.secure_port is None:
+            raise StackError("the broker has no port until it is started")
+        return f"{procs.LOCALHOST}:{self.secure_port}"
 
     @property
     def log_path(self) -> Path:
@@ -192,6 +216,12 @@ class KafkaBroker:
         self.controller_port = procs.pick_port(
             self.controller_port, required=self._requested[1] is not None, taken=[self.port]
         )
+        if self.security is not None:
+            self.secure_port = procs.pick_port(
+                self.secure_port,
+                required=False,
+                taken=[p for p in (self.port, self.controller_port) if p is not None],
+            )
         self._write_config()
         classpath = f"{libs}/*"
         if not (self.data_dir / "meta.properties").is_file():
@@ -255,7 +285,8 @@ class KafkaBroker:
             data = json.loads((self.workdir / "ports.json").read_text())
         except (OSError, ValueError):
             return {}
-        return {k: int(v) for k, v in data.items() if k in ("port", "controller_port")}
+        keys = ("port", "controller_port", "secure_port")
+        return {k: int(v) for k, v in data.items() if k in keys and v is not None}
 
     def _write_config(self) -> None:
         props = {
@@ -282,13 +313,20 @@ class KafkaBroker:
             "auto.create.topics.enable": "false",
             "num.partitions": "1",
         }
+        if self.security is not None:
+            props.update(
+                secure_listener_properties(
+                    self.security, self.workdir, self.port, self.secure_port, self.controller_port
+                )
+            )
         props.update(self.extra_properties)
         text = "".join(f"{k}={v}\n" for k, v in props.items())
         self.properties_path.write_text(text)
         (self.workdir / "log4j2.properties").write_text(_LOG4J2)
-        (self.workdir / "ports.json").write_text(
-            json.dumps({"port": self.port, "controller_port": self.controller_port})
-        )
+        ports = {"port": self.port, "controller_port": self.controller_port}
+        if self.secure_port is not None:
+            ports["secure_port"] = self.secure_port
+        (self.workdir / "ports.json").write_text(json.dumps(ports))
 
     def _format(self, java: str, classpath: str) -> None:
         cmd = [
@@ -303,12 +341,18 @@ class KafkaBroker:
             "-c",
             str(self.properties_path),
         ]
+        if self.security is not None:
+            cmd += scram_format_args(self.security)
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.SubprocessError) as exc:
             raise StackError(f"kafka storage format failed to run: {exc}") from exc
         if res.returncode != 0:
-            raise StackError(f"kafka storage format failed:\n{res.stdout}{res.stderr}")
+            # The output may echo the --add-scram arguments; never print their passwords.
+            out = f"{res.stdout}{res.stderr}"
+            if self.security is not None:
+                out = self.security.redact(out)
+            raise StackError(f"kafka storage format failed:\n{out}")
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

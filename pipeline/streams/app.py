@@ -24,6 +24,7 @@ from pipeline import codec, logs
 from pipeline.config import Config
 from pipeline.decide import RetryPolicy, dedupe_action
 from pipeline.handlers import ProvisionerPort
+from pipeline.httpd import Health
 from pipeline.metrics import Metrics
 from pipeline.registry import build_registry
 from pipeline.streams.lanes import OrderedLanes
@@ -64,7 +65,9 @@ def _datadir(cfg: Config) -> str:
     return str(path)
 
 
-def build_app(cfg: Config, metrics: Metrics, port_factory: Any) -> faust.App:
+def build_app(
+    cfg: Config, metrics: Metrics, port_factory: Any, health: Health | None = None
+) -> faust.App:
     """The worker's faust app. ``port_factory()`` builds the provisioner port in the loop."""
     app = faust.App(
         cfg.processor_group,
@@ -81,6 +84,10 @@ def build_app(cfg: Config, metrics: Metrics, port_factory: Any) -> faust.App:
         broker_commit_interval=0.5,
         datadir=_datadir(cfg),
         table_standby_replicas=0,
+        # A killed worker's partitions move after this long; faust's 60 s default leaves
+        # them idle for a minute.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
     )
     commands = app.topic(
         cfg.commands_topic, key_serializer="raw", value_serializer="raw", allow_empty=True
@@ -109,6 +116,8 @@ def build_app(cfg: Config, metrics: Metrics, port_factory: Any) -> faust.App:
         proc: CommandProcessor = state["processor"]
         return proc
 
+    debug = _log.isEnabledFor(logging.DEBUG)
+
     async def on_command(raw: bytes | None) -> None:
         proc = processor()
         decoded = proc.decode(raw)
@@ -121,6 +130,15 @@ def build_app(cfg: Config, metrics: Metrics, port_factory: Any) -> faust.App:
         prior: bytes | None = seen.get(seen_key)
         last_attempt = int(prior.split(b"|", 1)[0]) if prior else None
         action = dedupe_action(last_attempt, decoded.attempt)
+        if debug:
+            logs.event(
+                _log,
+                "command_seen",
+                logging.DEBUG,
+                propagation_id=decoded.propagation_id,
+                attempt=decoded.attempt,
+                action=action,
+            )
         if action == "drop":
             metrics.duplicates.labels("processor").inc()
             return
@@ -142,6 +160,7 @@ def build_app(cfg: Config, metrics: Metrics, port_factory: Any) -> faust.App:
         await app.crash(exc)
 
     lanes = OrderedLanes(cfg.worker_concurrency, fatal)
+    next_offset: dict[int, int] = {}
     state["lanes"] = lanes
 
     # One agent instance (faust concurrency=1) reads every assigned partition in order and
@@ -149,6 +168,30 @@ def build_app(cfg: Config, metrics: Metrics, port_factory: Any) -> faust.App:
     @app.agent(commands, concurrency=1, name="process-commands")
     async def process(stream: Any) -> None:
         async for event in stream.noack().events():
+            msg = event.message
+            if debug:
+                logs.event(
+                    _log,
+                    "command_received",
+                    logging.DEBUG,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                )
+            expected = next_offset.get(msg.partition)
+            if expected is not None and msg.offset != expected:
+                # The relay's idempotent producer writes no gaps: a jump means offsets
+                # were delivered elsewhere or skipped. Say so loudly; the relay's rescue
+                # re-publishes any attempt whose outcome never arrives.
+                metrics.offset_gaps.labels(str(msg.partition)).inc()
+                logs.event(
+                    _log,
+                    "offset_gap",
+                    logging.WARNING,
+                    partition=msg.partition,
+                    expected=expected,
+                    got=msg.offset,
+                )
+            next_offset[msg.partition] = msg.offset + 1
             value = event.value
             key = event.message.key if event.message.key is not None else event.message.offset
             await lanes.submit(
@@ -158,9 +201,22 @@ def build_app(cfg: Config, metrics: Metrics, port_factory: Any) -> faust.App:
                 ack=event.ack,
             )
 
+    if health is not None:
+        beat_health = health
+
+        @app.timer(1.0)  # type: ignore[untyped-decorator]
+        async def beat() -> None:
+            beat_health.beat()
+
+        def ready() -> dict[str, bool]:
+            return {"consumer_running": not app.should_stop and app.consumer is not None}
+
+        health.set_ready_check(ready)
+
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == cfg.commands_topic)
+        next_offset.clear()  # after a rebalance the stream restarts at committed offsets
         logs.event(_log, "partitions_assigned", partitions=mine)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
@@ -182,7 +238,9 @@ def build_app(cfg: Config, metrics: Metrics, port_factory: Any) -> faust.App:
     return app
 
 
-def run_worker(cfg: Config, metrics: Metrics, port_factory: Any) -> int:
+def run_worker(
+    cfg: Config, metrics: Metrics, port_factory: Any, health: Health | None = None
+) -> int:
     """Run the faust worker in this process until SIGTERM/SIGINT; returns the exit code."""
     from pipeline.topics import ensure_topics
 
@@ -193,7 +251,7 @@ def run_worker(cfg: Config, metrics: Metrics, port_factory: Any) -> int:
             cfg.partitions,
         )
     )
-    app = build_app(cfg, metrics, port_factory)
+    app = build_app(cfg, metrics, port_factory, health)
     logs.event(_log, "started", group=cfg.processor_group, **cfg.pinned())
     worker = faust.Worker(app, loglevel="INFO", quiet=True)
     worker.execute_from_commandline()

@@ -22,6 +22,8 @@ from pipeline.migrate import migrate
 from pipeline.stack.procs import free_port
 
 COMPONENTS = {"relay": "relay", "worker": "worker", "projector": "project"}
+# Extra processes of a component (a second worker joining the group, say).
+EXTRA = {"worker2": "worker"}
 
 
 @dataclass
@@ -36,6 +38,10 @@ class Pipeline:
     partitions: int = 3
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    # More PIPELINE_ settings for every component (Kafka security, provisioner TLS), and
+    # per-component ones on top (each component under its own database role).
+    extra_env: dict[str, str] = field(default_factory=dict)
+    component_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
@@ -50,6 +56,7 @@ class Pipeline:
             PIPELINE_RELAY_POLL_INTERVAL="0.05",
             PIPELINE_DATA_DIR=str(self.logdir / "data"),
         )
+        env.update(self.extra_env)
         return env
 
     def migrate(self) -> None:
@@ -60,10 +67,11 @@ class Pipeline:
             port = free_port()
             self.ports[name] = port
             env = self.env()
+            env.update(self.component_env.get(name, {}))
             env["PIPELINE_METRICS_PORT"] = str(port)
             log = open(self.logdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", COMPONENTS[name]],
+                [sys.executable, "-m", "pipeline.cli", COMPONENTS.get(name) or EXTRA[name]],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from itertools import count
 from pathlib import Path
 
 import pytest
+from certs import make_certs
 
 from pipeline.events import Applied, CallFailed, Skipped
 from pipeline.fake_provisioner import FakeProvisioner, Rule
@@ -226,27 +225,9 @@ async def test_admin_endpoint(client: GrpcProvisioner, fake: FakeProvisioner) ->
     assert fake.effects() == {}
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # A missing openssl is a broken test machine, never a reason to skip.
-    assert shutil.which("openssl") is not None, (
-        "the openssl CLI is needed to make test certificates"
-    )
-    d = tmp_path_factory.mktemp("certs")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-             "-subj", "/CN=test-ca", cwd=d)  # fmt: skip
-    (d / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for name, ext in (("server", ["-extfile", "server.ext"]), ("client", [])):
-        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN={name}", cwd=d)  # fmt: skip
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", *ext, cwd=d)  # fmt: skip
-    return d
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 async def test_mutual_tls(certs: Path) -> None:

@@ -1,0 +1,37 @@
+"""Test certificates made with the openssl CLI: a CA, a server and a client certificate.
+
+Shared by the gRPC and Kafka TLS tests. A missing openssl is a broken test machine, never a
+reason to skip.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_certs(d: Path) -> Path:
+    """Write ``ca.pem``, ``server.pem``/``.key`` and ``client.pem``/``.key`` into ``d``.
+
+    The server certificate is valid for ``localhost`` and ``127.0.0.1``; keys are
+    unencrypted PKCS#8 (what both grpc and Kafka's PEM key store read).
+    """
+    assert shutil.which("openssl") is not None, (
+        "the openssl CLI is needed to make test certificates"
+    )
+    d.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+             "-subj", "/CN=test-ca", cwd=d)  # fmt: skip
+    (d / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name, ext in (("server", ["-extfile", "server.ext"]), ("client", [])):
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", *ext, cwd=d)  # fmt: skip
+    return d
