@@ -50,6 +50,8 @@ ROLES: tuple[RoleSpec, ...] = (
             # Only what the relay stamps: it can never set applied_at or failed_at.
             f"GRANT UPDATE (published_attempt, published_at, next_attempt_at) "
             f"ON {OUTBOX} TO {{role}}",
+            # The relay process runs the lag monitor: it reads the projector's offsets.
+            f"GRANT SELECT ON {CHECKPOINTS} TO {{role}}",
         ),
     ),
     RoleSpec(
