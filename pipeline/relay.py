@@ -27,6 +27,8 @@ from pipeline.metrics import Metrics
 from pipeline.outbox import OutboxStore
 
 NOTIFY_CHANNEL = "pending_propagations"
+SLOW_CLAIM_S = 0.2  # a healthy claim of 500 rows takes a few milliseconds
+HASH_PLAN_FOR_S = 60.0  # about one autovacuum naptime
 BACKLOG_SAMPLE_INTERVAL = 5.0  # seconds; the backlog query is cheap but not free
 _log = logs.get("relay")
 
@@ -68,6 +70,7 @@ class Relay:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._backlog_sampled = float("-inf")
         self._last_ok = float("-inf")
+        self._hash_until = float("-inf")
 
     async def relay_once(self) -> int:
         """Claim, publish and stamp one batch; returns how many rows were published."""
@@ -75,7 +78,9 @@ class Relay:
         store = OutboxStore(conn)
         try:
             async with conn.transaction():
-                rows = await store.claim(self._batch)
+                started = time.monotonic()
+                rows = await store.claim(self._batch, avoid_nestloop=started < self._hash_until)
+                claim_s = time.monotonic() - started
                 if not rows:
                     self._last_ok = time.monotonic()
                     return 0
@@ -97,6 +102,8 @@ class Relay:
             await self._reset_connection()
             raise
         self._last_ok = time.monotonic()
+        if claim_s > SLOW_CLAIM_S:
+            await self._on_slow_claim(claim_s)
         rescued = [r.id for r in rows if r.rescued]
         self._metrics.relay_published.inc(len(rows))
         if rescued:
@@ -149,6 +156,18 @@ class Relay:
             return
         self._metrics.outbox_backlog.set(backlog.due_unpublished)
         self._metrics.outbox_backlog_age.set(backlog.oldest_age_seconds)
+
+    async def _on_slow_claim(self, seconds: float) -> None:
+        """Stale statistics after a burst: use the plan that does not depend on them."""
+        self._hash_until = time.monotonic() + HASH_PLAN_FOR_S
+        analyzed = await OutboxStore(await self._connection()).analyze()
+        logs.event(
+            _log,
+            "slow_claim",
+            claim_s=round(seconds, 3),
+            analyzed=analyzed,
+            hash_plan_for_s=HASH_PLAN_FOR_S,
+        )
 
     def healthy(self, within: float) -> bool:
         """Did a claim (with or without rows) succeed in the last ``within`` seconds?"""
