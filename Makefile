@@ -44,6 +44,7 @@ demo: $(STAMP)
 	$(BIN)/pipeline demo
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/pipeline bench
 
 dev-up: $(STAMP)

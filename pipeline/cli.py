@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Component imports stay inside the command functions so `pipeline --help` stays fast.
     from pipeline import demo, fake_provisioner, history, tail
     from pipeline import status as operator_status
+    from pipeline.bench import cli as bench
     from pipeline.projections import replay
     from pipeline.stack import dev
 
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_enqueue)
 
     dev.add_parser(sub)
+    bench.add_parser(sub)
     demo.add_parser(sub)
     replay.add_parser(sub)
     history.add_parser(sub)

@@ -1,0 +1,129 @@
+"""``pipeline bench``: measure the pipeline, its raw limits and its peers on a real stack."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+
+_DESCRIPTION = """\
+Drive the real local stack and report, in one run: end-to-end throughput at saturation
+(--count rows inserted at once, relay/worker/projector already running), insert-to-applied
+latency at a fixed offered rate (--rate for --latency-seconds), per-stage rates, the raw
+limits of aiokafka, gRPC and a batched UPDATE, CPU and peak RSS per component, and the same
+job done by pgqueuer and procrastinate at their best tried settings (ratios pipeline/peer).
+
+Starts its own Kafka and Postgres in a temporary folder, unless --use-env points it at the
+PIPELINE_KAFKA_BOOTSTRAP and PIPELINE_DATABASE_URL server (a fresh database is created there
+and dropped afterwards). The fake provisioner always runs in a process of its own.
+Needs the bench extra: pip install -e '.[bench]'.
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmark the pipeline against its raw limits and pgqueuer/procrastinate",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--count", type=int, default=20_000, help="propagations (default 20000)")
+    p.add_argument("--rate", type=float, default=500.0, help="offered rate/s (default 500)")
+    p.add_argument(
+        "--latency-seconds", type=float, default=10.0, help="latency phase length (default 10)"
+    )
+    p.add_argument("--partitions", type=int, default=6, help="topic partitions (default 6)")
+    p.add_argument("--json", metavar="FILE", type=Path, help="also write the report as JSON")
+    p.add_argument(
+        "--profile", metavar="DIR", type=Path, help="py-spy each component while saturated"
+    )
+    p.add_argument("--no-peers", action="store_true", help="skip pgqueuer and procrastinate")
+    p.add_argument(
+        "--use-env",
+        action="store_true",
+        help="use the Kafka and Postgres of PIPELINE_KAFKA_BOOTSTRAP / PIPELINE_DATABASE_URL",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the work folder (logs, data)")
+    p.set_defaults(func=cmd_bench)
+
+
+def _say(msg: str) -> None:
+    print(f"pipeline bench: {msg}", file=sys.stderr, flush=True)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline.bench import report as report_mod
+    from pipeline.bench.run import Settings
+
+    if args.count < 1 or args.rate <= 0 or args.latency_seconds <= 0:
+        raise PipelineError("--count, --rate and --latency-seconds must be positive")
+    settings = Settings(
+        count=args.count,
+        rate=args.rate,
+        latency_seconds=args.latency_seconds,
+        partitions=args.partitions,
+        peers=not args.no_peers,
+        profile_dir=args.profile.resolve() if args.profile else None,
+        progress=_say,
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    ok = False
+    try:
+        report = _with_stack(args.use_env, workdir, settings)
+        ok = True
+    finally:
+        if ok and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            _say(f"logs and data kept in {workdir}")
+    report_mod.add_targets(report)
+    report_mod.render(report)
+    if args.json:
+        report_mod.write_json(report, args.json)
+        _say(f"report written to {args.json}")
+    return 0
+
+
+def _with_stack(use_env: bool, workdir: Path, settings: Any) -> dict[str, Any]:
+    from pipeline.bench.run import Stack, run_bench
+    from pipeline.config import Config
+    from pipeline.stack import procs
+    from pipeline.stack.kafka import KafkaBroker
+    from pipeline.stack.postgres import ExternalPostgres, PostgresCluster
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}-"
+    db_name = f"bench_{uuid.uuid4().hex[:8]}"
+    if use_env:
+        cfg = Config.from_env(os.environ, ("database_url", "kafka_bootstrap"))
+        server = ExternalPostgres(cfg.database_url)
+        url = server.create_database(db_name)
+        try:
+            stack = Stack(url, cfg.kafka_bootstrap, prefix, workdir)
+            return asyncio.run(run_bench(stack, settings))
+        finally:
+            server.drop_database(db_name)
+    cache = os.environ.get("PIPELINE_STACK_CACHE")
+    broker = KafkaBroker(
+        workdir / "kafka", Path(cache).expanduser() if cache else procs.default_cache_dir()
+    )
+    cluster = PostgresCluster(workdir / "postgres")
+    try:
+        _say("starting Kafka and Postgres")
+        broker.start()
+        cluster.start()
+        url = cluster.create_database(db_name)
+        extra = {"kafka": broker.pid} if broker.pid else {}
+        stack = Stack(url, broker.bootstrap, prefix, workdir, extra_pids=extra)
+        return asyncio.run(run_bench(stack, settings))
+    finally:
+        cluster.stop()
+        cluster.remove_files()
+        broker.stop()

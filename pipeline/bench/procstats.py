@@ -1,0 +1,81 @@
+"""CPU seconds and peak RSS of processes, sampled with psutil while the bench runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import psutil
+
+
+@dataclass
+class _Tracked:
+    proc: psutil.Process
+    peak_rss: int = 0
+    cpu_mark: float = 0.0
+    cpu_phase: float = 0.0
+
+
+@dataclass
+class ProcSampler:
+    """Samples the RSS of named pids every ``interval`` s; CPU is read at phase boundaries."""
+
+    interval: float = 0.2
+    _tracked: dict[str, _Tracked] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+
+    def track(self, name: str, pid: int) -> None:
+        self._tracked[name] = _Tracked(psutil.Process(pid))
+        self._sample_one(self._tracked[name])
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for t in self._tracked.values():
+            self._sample_one(t)
+
+    def mark(self) -> None:
+        """Start a CPU phase: remember every process's CPU time now."""
+        for t in self._tracked.values():
+            t.cpu_mark = _cpu(t.proc)
+
+    def end_phase(self) -> None:
+        for t in self._tracked.values():
+            cpu = _cpu(t.proc)
+            t.cpu_phase = max(cpu - t.cpu_mark, 0.0) if cpu else t.cpu_phase
+            self._sample_one(t)
+
+    def cpu_seconds(self, name: str) -> float:
+        return self._tracked[name].cpu_phase
+
+    def peak_rss_mb(self, name: str) -> float:
+        return self._tracked[name].peak_rss / (1024 * 1024)
+
+    def names(self) -> list[str]:
+        return list(self._tracked)
+
+    async def _loop(self) -> None:
+        while True:
+            for t in self._tracked.values():
+                self._sample_one(t)
+            await asyncio.sleep(self.interval)
+
+    @staticmethod
+    def _sample_one(t: _Tracked) -> None:
+        with contextlib.suppress(psutil.Error):
+            t.peak_rss = max(t.peak_rss, int(t.proc.memory_info().rss))
+
+
+def _cpu(proc: psutil.Process) -> float:
+    try:
+        times = proc.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
