@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install lint typecheck proto proto-check test test-unit test-integration demo bench dev-up dev-down clean
+.PHONY: install lint typecheck proto proto-check test test-unit test-integration demo bench chaos dev-up dev-down clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null || { echo "Python 3.11 is required (set PY=/path/to/python3.11)"; exit 1; }
@@ -46,6 +46,13 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/pipeline bench
+
+# Chaos soak: the scenarios of tests/chaos at random, with random seeds (printed, so a failure
+# replays), for DURATION minutes; prints a table of invariant results. `make test` runs each
+# scenario once with its fixed seed.
+DURATION ?= 20
+chaos: $(STAMP)
+	$(BIN)/python tests/chaos/soak.py --duration $(DURATION)
 
 dev-up: $(STAMP)
 	$(BIN)/pipeline dev up

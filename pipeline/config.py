@@ -20,6 +20,8 @@ CALL_TRIES_PER_ATTEMPT = 3
 # An attempt can take at most HANDLER_DEADLINE * CALL_TRIES_PER_ATTEMPT plus pauses (~31 s);
 # 25 minutes is ample headroom and far below the 80 minutes a default job rescuer allows.
 RESCUE_STUCK_AFTER = timedelta(minutes=25)
+# A component exiting with this code asks its supervisor (`pipeline run`) for a restart.
+RESTART_EXIT_CODE = 3
 
 REQUIRED_FOR_ALL = ("database_url", "kafka_bootstrap", "provisioner_addr")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from pipeline import httpd, logs
-from pipeline.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE, Config
+from pipeline.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE, RESTART_EXIT_CODE, Config
 from pipeline.metrics import Metrics
 from pipeline.registry import build_registry
 from pipeline.topics import ensure_topics
@@ -161,14 +161,29 @@ def run_all(cfg: Config, env: dict[str, str]) -> int:
 
     signal.signal(signal.SIGTERM, stop_all)
     signal.signal(signal.SIGINT, stop_all)
+    child_env_for: dict[str, dict[str, str]] = {}
     for offset, name in enumerate(COMPONENTS):
         child_env = dict(env)
         if cfg.metrics_port:
             child_env["PIPELINE_METRICS_PORT"] = str(cfg.metrics_port + offset)
+        child_env_for[name] = child_env
         procs[name] = subprocess.Popen([sys.executable, "-m", "pipeline.cli", name], env=child_env)
     logs.event(_log, "run_started", pids={n: p.pid for n, p in procs.items()}, **cfg.pinned())
     rc = 0
+    restarts: list[float] = []
     while True:
+        for name, proc in list(procs.items()):
+            # A component that asks for a restart (the worker after a stalled faust
+            # recovery) gets one, at most 5 a minute; anything else stops the run.
+            if proc.poll() == RESTART_EXIT_CODE and not stopping:
+                restarts[:] = [t for t in restarts if time.monotonic() - t < 60] + [
+                    time.monotonic()
+                ]
+                if len(restarts) <= 5:
+                    logs.event(_log, "component_restarted", component=name)
+                    procs[name] = subprocess.Popen(
+                        [sys.executable, "-m", "pipeline.cli", name], env=child_env_for[name]
+                    )
         alive = {n: p for n, p in procs.items() if p.poll() is None}
         dead = {n: p.returncode for n, p in procs.items() if p.returncode is not None}
         if dead and not stopping:

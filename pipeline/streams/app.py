@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import faust
 
 from pipeline import codec, logs
-from pipeline.config import Config
+from pipeline.config import RESTART_EXIT_CODE, Config
 from pipeline.decide import RetryPolicy, dedupe_action
 from pipeline.handlers import ProvisionerPort
 from pipeline.httpd import Health
@@ -29,9 +31,51 @@ from pipeline.metrics import Metrics
 from pipeline.registry import build_registry
 from pipeline.streams.lanes import OrderedLanes
 from pipeline.streams.processor import CommandProcessor
+from pipeline.streams.sequencer import Admit, Sequencer
 
 _log = logs.get("worker")
 SEEN_TABLE = "processed-attempts"
+RECOVERY_STALL_S = 60.0  # table recovery here takes well under a second per 10k entries
+
+
+class AckGuard:
+    """Lets faust record only the acknowledgements that come from the lanes.
+
+    faust acknowledges messages it *skips* while flow is paused (shutdown, rebalance) even
+    on a noack stream, and its commit logic lets a one-offset hole through; together they can
+    commit past a command no worker ever saw. Commands of our topic are acknowledged only
+    after their outcome was produced.
+    """
+
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
+        self._approved: set[tuple[int, int]] = set()
+        self._installed: Any = None
+
+    def install(self, consumer: Any) -> None:
+        if self._installed is consumer:
+            return
+        original = consumer.ack
+
+        def guarded(message: Any) -> bool:
+            if message.topic == self._topic:
+                key = (message.partition, message.offset)
+                if key not in self._approved:
+                    # Not ours to acknowledge: it will be delivered again. Forget it so a
+                    # shutdown does not wait for an ack that will never come.
+                    unacked = getattr(consumer, "_unacked_messages", None)
+                    if unacked is not None:
+                        unacked.discard(message)
+                    return False
+                self._approved.discard(key)
+            return bool(original(message))
+
+        consumer.ack = guarded
+        self._installed = consumer
+
+    def ack(self, event: Any) -> None:
+        self._approved.add((event.message.partition, event.message.offset))
+        event.ack()
 
 
 def _faust_broker(bootstrap: str) -> str:
@@ -160,7 +204,8 @@ def build_app(
         await app.crash(exc)
 
     lanes = OrderedLanes(cfg.worker_concurrency, fatal)
-    next_offset: dict[int, int] = {}
+    guard = AckGuard(cfg.commands_topic)
+    sequencer = Sequencer()
     state["lanes"] = lanes
 
     # One agent instance (faust concurrency=1) reads every assigned partition in order and
@@ -177,29 +222,46 @@ def build_app(
                     partition=msg.partition,
                     offset=msg.offset,
                 )
-            expected = next_offset.get(msg.partition)
-            if expected is not None and msg.offset != expected:
-                # The relay's idempotent producer writes no gaps: a jump means offsets
-                # were delivered elsewhere or skipped. Say so loudly; the relay's rescue
-                # re-publishes any attempt whose outcome never arrives.
-                metrics.offset_gaps.labels(str(msg.partition)).inc()
-                logs.event(
-                    _log,
-                    "offset_gap",
-                    logging.WARNING,
-                    partition=msg.partition,
-                    expected=expected,
-                    got=msg.offset,
-                )
-            next_offset[msg.partition] = msg.offset + 1
+            committed = getattr(app.consumer, "_committed_offset", {}).get(msg.tp)
+            verdict = sequencer.admit(msg.partition, msg.offset, committed)
+            if verdict is not Admit.PROCESS:
+                if verdict is Admit.SEEK and sequencer.seek_to is not None:
+                    # faust dropped offsets before this one: fetch them again rather than
+                    # acknowledge past them. Nothing here is acknowledged (see AckGuard).
+                    metrics.offset_gaps.labels(str(msg.partition)).inc()
+                    logs.event(
+                        _log,
+                        "offset_gap",
+                        logging.WARNING,
+                        partition=msg.partition,
+                        expected=sequencer.seek_to,
+                        got=msg.offset,
+                    )
+                    await app.consumer.seek(msg.tp, sequencer.seek_to)
+                continue
             value = event.value
             key = event.message.key if event.message.key is not None else event.message.offset
             await lanes.submit(
                 key=(event.message.partition, key),
                 partition=event.message.partition,
                 work=functools.partial(on_command, value),
-                ack=event.ack,
+                ack=functools.partial(guard.ack, event),
             )
+
+    stalled_since: dict[str, float] = {}
+
+    @app.timer(5.0)  # type: ignore[untyped-decorator]
+    async def recovery_watchdog() -> None:
+        # faust can wait forever for a changelog partition after a quick join-and-leave
+        # rebalance, with every partition idle and the process healthy-looking. A worker
+        # that cannot finish recovery is useless: exit, and let the supervisor restart it.
+        if not app.in_recovery:
+            stalled_since.clear()
+            return
+        since = stalled_since.setdefault("t", time.monotonic())
+        if time.monotonic() - since > RECOVERY_STALL_S:
+            logs.event(_log, "recovery_stalled", logging.ERROR, stalled_s=RECOVERY_STALL_S)
+            os._exit(RESTART_EXIT_CODE)
 
     if health is not None:
         beat_health = health
@@ -215,8 +277,9 @@ def build_app(
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        guard.install(app.consumer)
         mine = sorted(tp.partition for tp in assigned if tp.topic == cfg.commands_topic)
-        next_offset.clear()  # after a rebalance the stream restarts at committed offsets
+        sequencer.reset()  # after a rebalance the stream restarts at committed offsets
         logs.event(_log, "partitions_assigned", partitions=mine)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]

@@ -22,6 +22,8 @@ from pipeline.migrate import migrate
 from pipeline.stack.procs import free_port
 
 COMPONENTS = {"relay": "relay", "worker": "worker", "projector": "project"}
+# The worker's exit code when it gives up a stalled faust recovery and asks for a restart.
+RESTART_ME = 3
 # Extra processes of a component (a second worker joining the group, say).
 EXTRA = {"worker2": "worker"}
 
@@ -37,6 +39,7 @@ class Pipeline:
     max_attempts: int = 10
     partitions: int = 3
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    restarts: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     # More PIPELINE_ settings for every component (Kafka security, provisioner TLS), and
     # per-component ones on top (each component under its own database role).
@@ -94,7 +97,16 @@ class Pipeline:
                     proc.kill()
                     proc.wait()
 
+    def supervise(self) -> None:
+        """Restart a component that exited asking for it, as a process supervisor would."""
+        for name, proc in list(self.procs.items()):
+            if proc.poll() == RESTART_ME:
+                self.restarts.append(name)
+                del self.procs[name]
+                self.start(name)
+
     def assert_running(self) -> None:
+        self.supervise()
         dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
         assert not dead, f"components exited: {dead}\n{self.logs()}"
 

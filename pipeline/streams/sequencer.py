@@ -1,0 +1,52 @@
+"""Which delivered commands the worker may hand to its lanes, so no offset is ever skipped.
+
+faust can drop a message between fetch and stream while flow is paused (start-up, shutdown,
+rebalance) and still advance its read position; its commit then lets a one-offset hole
+through (faust-streaming #606). The relay writes each partition without gaps, so the worker
+checks continuity itself: a command is processed only if it is the next offset of its
+partition. On a jump it asks for a seek back to the missing offset and ignores everything
+until that offset arrives again. The decision is a pure function of what was seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Admit(Enum):
+    PROCESS = "process"
+    STALE = "stale"  # already handed to the lanes in this assignment: ignore
+    SEEK = "seek"  # a gap: seek back to ``Sequencer.seek_to`` and ignore this one
+    WAIT = "wait"  # a seek is pending: ignore until the missing offset arrives
+
+
+@dataclass
+class Sequencer:
+    next_offset: dict[int, int] = field(default_factory=dict)
+    seeking: dict[int, int] = field(default_factory=dict)
+    seek_to: int | None = None
+
+    def reset(self) -> None:
+        """After a rebalance faust restarts every partition at its committed offset."""
+        self.next_offset.clear()
+        self.seeking.clear()
+
+    def admit(self, partition: int, offset: int, committed: int | None) -> Admit:
+        """``committed`` is the partition's committed offset (None when nothing is)."""
+        expected = self.next_offset.get(partition)
+        if expected is None:
+            # First command of this partition since assignment: it must be the committed one.
+            expected = committed if committed is not None else offset
+            self.next_offset[partition] = expected
+        if offset < expected:
+            return Admit.STALE
+        if offset > expected:
+            if self.seeking.get(partition) == expected:
+                return Admit.WAIT
+            self.seeking[partition] = expected
+            self.seek_to = expected
+            return Admit.SEEK
+        self.seeking.pop(partition, None)
+        self.next_offset[partition] = offset + 1
+        return Admit.PROCESS
