@@ -13,6 +13,7 @@ its changelog topic, so de-duplication survives restarts and rebalances.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -197,6 +198,26 @@ def build_app(
         seen[seen_key] = str(decoded.attempt).encode() + b"|" + body
         await outcomes.send(key=event.key.encode(), value=body)
 
+    async def restart_for_gap(partition: int, expected: int | None, got: int) -> None:
+        # faust dropped offsets before this one (its pause-time skip) and a seek does not
+        # reliably bring them back. Nothing at or past the hole is acknowledged (AckGuard),
+        # so: finish what is in flight, commit it, and restart from the committed offset,
+        # which is the hole. The supervisor (`pipeline run`) restarts exit code 3.
+        metrics.offset_gaps.labels(str(partition)).inc()
+        logs.event(
+            _log,
+            "offset_gap",
+            logging.WARNING,
+            partition=partition,
+            expected=expected,
+            got=got,
+            action="restart",
+        )
+        await lanes.drain()
+        with contextlib.suppress(Exception):
+            await app.consumer.commit()
+        os._exit(RESTART_EXIT_CODE)
+
     async def fatal(exc: BaseException) -> None:
         # An outcome that could not be produced: stop the worker rather than move on. The
         # unacknowledged command is delivered again after the restart.
@@ -225,19 +246,8 @@ def build_app(
             committed = getattr(app.consumer, "_committed_offset", {}).get(msg.tp)
             verdict = sequencer.admit(msg.partition, msg.offset, committed)
             if verdict is not Admit.PROCESS:
-                if verdict is Admit.SEEK and sequencer.seek_to is not None:
-                    # faust dropped offsets before this one: fetch them again rather than
-                    # acknowledge past them. Nothing here is acknowledged (see AckGuard).
-                    metrics.offset_gaps.labels(str(msg.partition)).inc()
-                    logs.event(
-                        _log,
-                        "offset_gap",
-                        logging.WARNING,
-                        partition=msg.partition,
-                        expected=sequencer.seek_to,
-                        got=msg.offset,
-                    )
-                    await app.consumer.seek(msg.tp, sequencer.seek_to)
+                if verdict is Admit.SEEK:
+                    await restart_for_gap(msg.partition, sequencer.seek_to, msg.offset)
                 continue
             value = event.value
             key = event.message.key if event.message.key is not None else event.message.offset

@@ -4,8 +4,9 @@ faust can drop a message between fetch and stream while flow is paused (start-up
 rebalance) and still advance its read position; its commit then lets a one-offset hole
 through (faust-streaming #606). The relay writes each partition without gaps, so the worker
 checks continuity itself: a command is processed only if it is the next offset of its
-partition. On a jump it asks for a seek back to the missing offset and ignores everything
-until that offset arrives again. The decision is a pure function of what was seen.
+partition. On a jump the worker refuses to go on (it restarts from the committed offset,
+which is the hole; a seek back proved unreliable inside faust). The decision is a pure
+function of what was seen.
 """
 
 from __future__ import annotations
