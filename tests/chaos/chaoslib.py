@@ -977,6 +977,7 @@ def check_i5(run: ChaosRun, bound: float = LIVENESS_BOUND_S) -> Check:
     deadline = started + bound
     problems: list[str] = []
     while True:
+        run.p.supervise()  # a worker that asked for a restart gets one, as in production
         try:
             rep = run.lag()
         except PipelineError as exc:
@@ -1000,6 +1001,7 @@ def check_i5(run: ChaosRun, bound: float = LIVENESS_BOUND_S) -> Check:
                     f"lag 0 and committed on all {n} partitions after "
                     f"{time.monotonic() - started:.1f}s (bound {bound:.0f}s)",
                 )
+        run.p.supervise()
         dead = {n: p.returncode for n, p in run.p.procs.items() if p.poll() is not None}
         if dead or time.monotonic() > deadline:
             return Check(
