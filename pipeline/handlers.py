@@ -16,7 +16,10 @@ from pipeline.payloads import payload_problem
 
 
 class ProvisionerPort(Protocol):
-    """The provisioner as the handlers see it (implemented over gRPC in provisioner_client)."""
+    """The provisioner as the handlers see it; never raises for a failed call.
+
+    Implemented over gRPC by ``provisioner_client.GrpcProvisioner``.
+    """
 
     async def regrade(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -68,30 +68,6 @@ _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-class ProvisionerPort(Protocol):
-    """What a handler needs from a provisioner. Never raises for a failed call."""
-
-    async def regrade(
-        self,
-        *,
-        idempotency_key: str,
-        team_id: str,
-        resource_type: str,
-        resource_id: str,
-        target_tier: str,
-    ) -> ProvisionReply: ...
-
-    async def suspend(
-        self, *, idempotency_key: str, team_id: str, resource_type: str, resource_id: str
-    ) -> ProvisionReply: ...
-
-    async def resume(
-        self, *, idempotency_key: str, team_id: str, resource_type: str, resource_id: str
-    ) -> ProvisionReply: ...
-
-    async def close(self) -> None: ...
-
-
 def _read(path: str, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -100,7 +76,7 @@ def _read(path: str, what: str) -> bytes:
 
 
 class GrpcProvisioner:
-    """:class:`ProvisionerPort` over grpc.aio.
+    """:class:`pipeline.handlers.ProvisionerPort` over grpc.aio (plus ``close``).
 
     One call to a method is one *attempt* of the pipeline: it makes up to ``tries`` gRPC calls,
     each with its own ``deadline`` (seconds), pausing ``pause`` seconds between calls that
