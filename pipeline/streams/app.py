@@ -32,6 +32,7 @@ from pipeline.metrics import Metrics
 from pipeline.registry import build_registry
 from pipeline.streams.lanes import OrderedLanes
 from pipeline.streams.processor import CommandProcessor
+from pipeline.streams.progress import STALL_AFTER_S, PartitionView, stalled_partitions
 from pipeline.streams.sequencer import Admit, Sequencer
 
 _log = logs.get("worker")
@@ -201,18 +202,14 @@ def build_app(
     async def restart_for_gap(partition: int, expected: int | None, got: int) -> None:
         # faust dropped offsets before this one (its pause-time skip) and a seek does not
         # reliably bring them back. Nothing at or past the hole is acknowledged (AckGuard),
-        # so: finish what is in flight, commit it, and restart from the committed offset,
-        # which is the hole. The supervisor (`pipeline run`) restarts exit code 3.
+        # so restart from the committed offset, which is the hole.
         metrics.offset_gaps.labels(str(partition)).inc()
-        logs.event(
-            _log,
-            "offset_gap",
-            logging.WARNING,
-            partition=partition,
-            expected=expected,
-            got=got,
-            action="restart",
-        )
+        await restart("offset_gap", partition=partition, expected=expected, got=got)
+
+    async def restart(reason: str, **fields: Any) -> None:
+        # Finish what is in flight, commit it, and exit; the supervisor (`pipeline run`)
+        # restarts exit code 3 and the new process starts at the committed offsets.
+        logs.event(_log, reason, logging.WARNING, action="restart", **fields)
         await lanes.drain()
         with contextlib.suppress(Exception):
             await app.consumer.commit()
@@ -245,7 +242,9 @@ def build_app(
                 )
             committed = getattr(app.consumer, "_committed_offset", {}).get(msg.tp)
             verdict = sequencer.admit(msg.partition, msg.offset, committed)
-            if verdict is not Admit.PROCESS:
+            if verdict is Admit.PROCESS:
+                admitted_at[msg.partition] = time.monotonic()
+            else:
                 if verdict is Admit.SEEK:
                     await restart_for_gap(msg.partition, sequencer.seek_to, msg.offset)
                 continue
@@ -259,6 +258,47 @@ def build_app(
             )
 
     stalled_since: dict[str, float] = {}
+    admitted_at: dict[int, float] = {}
+
+    @app.timer(5.0)  # type: ignore[untyped-decorator]
+    async def progress_watchdog() -> None:
+        # A partition with commands waiting that faust does not hand over (seen after the
+        # group's offsets were reset on a quiet pipeline) is a stall the AckGuard keeps from
+        # becoming a loss; a restart resumes it from the committed offset.
+        try:
+            tps = [tp for tp in app.consumer.assignment() if tp.topic == cfg.commands_topic]
+            if not tps:
+                return
+            ends = await asyncio.wait_for(app.consumer.highwaters(*tps), 5.0)
+        except Exception:  # not started, rebalancing or broker away: try on the next tick
+            return
+        end_by_partition = {tp.partition: off for tp, off in ends.items()}
+        committed = getattr(app.consumer, "_committed_offset", {})
+        now = time.monotonic()
+        views = [
+            PartitionView(
+                partition=tp.partition,
+                end_offset=end_by_partition.get(tp.partition),
+                next_offset=sequencer.next_offset.get(tp.partition, committed.get(tp)),
+                unacked=lanes.unacked(tp.partition),
+                idle_s=now - admitted_at.setdefault(tp.partition, now),
+            )
+            for tp in tps
+        ]
+        stalled = stalled_partitions(
+            views,
+            stall_after=STALL_AFTER_S,
+            lanes_full=lanes.full,
+            in_recovery=bool(app.in_recovery or app.rebalancing),
+        )
+        if stalled:
+            lag = {v.partition: (v.end_offset or 0) - (v.next_offset or 0) for v in views}
+            await restart(
+                "progress_stalled",
+                partitions=stalled,
+                lag={p: lag[p] for p in stalled},
+                stalled_s=STALL_AFTER_S,
+            )
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def recovery_watchdog() -> None:
@@ -268,6 +308,9 @@ def build_app(
         if not app.in_recovery:
             stalled_since.clear()
             return
+        now = time.monotonic()
+        for p in admitted_at:  # recovery is not idleness
+            admitted_at[p] = now
         since = stalled_since.setdefault("t", time.monotonic())
         if time.monotonic() - since > RECOVERY_STALL_S:
             logs.event(_log, "recovery_stalled", logging.ERROR, stalled_s=RECOVERY_STALL_S)
@@ -290,6 +333,9 @@ def build_app(
         guard.install(app.consumer)
         mine = sorted(tp.partition for tp in assigned if tp.topic == cfg.commands_topic)
         sequencer.reset()  # after a rebalance the stream restarts at committed offsets
+        now = time.monotonic()
+        admitted_at.clear()
+        admitted_at.update({p: now for p in mine})
         logs.event(_log, "partitions_assigned", partitions=mine)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]

@@ -33,6 +33,15 @@ class OrderedLanes:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    @property
+    def full(self) -> bool:
+        return self._slots.locked()
+
+    def unacked(self, partition: Hashable) -> int:
+        """Submitted commands of ``partition`` not yet acknowledged."""
+        queue = self._pending.get(partition)
+        return len(queue) if queue else 0
+
     async def submit(
         self,
         key: Hashable,

@@ -777,6 +777,8 @@ def command_holes(run: ChaosRun) -> str:
                 "partitions_assigned",
                 "partitions_revoked",
                 "offset_gap",
+                "progress_stalled",
+                "recovery_stalled",
                 "fatal",
             )
         ]

@@ -55,9 +55,27 @@ async def test_a_slow_head_holds_back_acks_of_later_fast_messages() -> None:
         await lanes.submit(f"k{o}", 0, fast, lambda o=o: acked.append(o))
     await asyncio.sleep(0.01)
     assert acked == []  # 1..3 are done, but 0 is not: nothing may be acknowledged
+    assert (lanes.unacked(0), lanes.unacked(1), lanes.in_flight, lanes.full) == (4, 0, 1, False)
     gate.set()
     await lanes.drain()
     assert acked == [0, 1, 2, 3]
+    assert lanes.unacked(0) == 0
+
+
+async def test_full_when_every_slot_is_taken() -> None:
+    lanes = OrderedLanes(limit=2, on_error=_noop_error)
+    gate = asyncio.Event()
+
+    async def slow() -> None:
+        await gate.wait()
+
+    await lanes.submit("a", 0, slow, lambda: None)
+    assert not lanes.full
+    await lanes.submit("b", 1, slow, lambda: None)
+    assert lanes.full
+    gate.set()
+    await lanes.drain()
+    assert not lanes.full
 
 
 async def test_partitions_ack_independently() -> None:
