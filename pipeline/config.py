@@ -63,6 +63,7 @@ class Config:
     provisioner_tls_ca: str | None = None
     provisioner_tls_cert: str | None = None
     provisioner_tls_key: str | None = None
+    provisioner_batch: int = 64
     data_dir: str = ".pipeline-data"
 
     @property
@@ -163,6 +164,8 @@ class Config:
             problems.append("PIPELINE_RELAY_BATCH_SIZE must be between 1 and 10000")
         if not 1 <= self.worker_concurrency <= 4096:
             problems.append("PIPELINE_WORKER_CONCURRENCY must be between 1 and 4096")
+        if not 0 <= self.provisioner_batch <= 1000:
+            problems.append("PIPELINE_PROVISIONER_BATCH must be between 0 and 1000 (0 = off)")
         if self.kafka_security_protocol not in SECURITY_PROTOCOLS:
             problems.append(f"PIPELINE_KAFKA_SECURITY_PROTOCOL must be one of {SECURITY_PROTOCOLS}")
         if self.kafka_security_protocol.startswith("SASL"):
@@ -187,7 +190,14 @@ class Config:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
-_INTS = {"max_attempts", "metrics_port", "partitions", "relay_batch_size", "worker_concurrency"}
+_INTS = {
+    "max_attempts",
+    "metrics_port",
+    "partitions",
+    "relay_batch_size",
+    "worker_concurrency",
+    "provisioner_batch",
+}
 _FLOATS = {"backoff_scale", "relay_poll_interval"}
 _SECRETS = {"kafka_sasl_password"}
 

@@ -36,6 +36,7 @@ def provisioner_factory(cfg: Config) -> Callable[[], object]:
             tls_ca=cfg.provisioner_tls_ca,
             tls_cert=cfg.provisioner_tls_cert,
             tls_key=cfg.provisioner_tls_key,
+            batch=cfg.provisioner_batch,
         )
 
     return factory

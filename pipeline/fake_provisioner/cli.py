@@ -52,6 +52,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--admin-port", type=int, default=0, help="HTTP admin port (default 0 = off)")
     p.add_argument("--rules", metavar="FILE", help="JSON list of rules (see above)")
     p.add_argument("--seed", type=int, default=0, help="seed for rule rates (default 0)")
+    p.add_argument(
+        "--no-batch",
+        action="store_true",
+        help="answer ApplyBatch with UNIMPLEMENTED, like a provisioner with single calls only",
+    )
     p.add_argument("--tls-cert", help="server certificate (PEM); enables TLS")
     p.add_argument("--tls-key", help="server private key (PEM)")
     p.add_argument("--client-ca", help="CA (PEM) for client certificates; makes them required")
@@ -65,7 +70,7 @@ def _log(event: str, **fields_: Any) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules) if args.rules else []
-    fake = FakeProvisioner(rules, seed=args.seed)
+    fake = FakeProvisioner(rules, seed=args.seed, batch_enabled=not args.no_batch)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

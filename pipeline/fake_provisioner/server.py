@@ -6,7 +6,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,12 +68,41 @@ class _Servicer(pb_grpc.ProvisionerServicer):
     async def ResumeResource(self, request: Any, context: Any) -> Any:
         return await self._owner._handle("ResumeResource", request, "", context)
 
+    async def ApplyBatch(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        if not self._owner.batch_enabled:
+            self._owner.batch_refusals += 1
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ApplyBatch is switched off")
+        async for reply in self._owner._batch(request, context):
+            yield reply
+
+
+_BATCH_METHODS = {
+    "regrade": "RegradeResource",
+    "suspend": "SuspendResource",
+    "resume": "ResumeResource",
+}
+
+
+def _unpack(item: Any) -> tuple[str, Any, str]:
+    """(single RPC name, its request, target tier) of one ApplyBatch item."""
+    which = item.WhichOneof("call")
+    if which is None:
+        raise ValueError("an ApplyBatch item names no call")
+    req = getattr(item, which)
+    return _BATCH_METHODS[which], req, req.target_tier if which == "regrade" else ""
+
 
 class FakeProvisioner:
     """The fake provisioner: ``start()`` serves it in a background thread, state is readable
     from any thread (``effects()``, ``calls()``, ``applied_keys()``), ``stop()`` ends it."""
 
-    def __init__(self, rules: Sequence[Rule] = (), seed: int = 0) -> None:
+    def __init__(
+        self, rules: Sequence[Rule] = (), seed: int = 0, *, batch_enabled: bool = True
+    ) -> None:
+        # batch_enabled=False answers ApplyBatch with UNIMPLEMENTED, like a provisioner that
+        # implements only the single-call RPCs.
+        self.batch_enabled = batch_enabled
+        self.batch_refusals = 0
         # One short lock guards all state; it is never held across an await, so latency rules
         # on some calls never slow the others down.
         self._lock = threading.Lock()
@@ -82,6 +111,7 @@ class FakeProvisioner:
         self._rng = random.Random(seed)
         self._calls: list[Call] = []
         self._calls_per_key: dict[str, int] = {}
+        self._batch_sizes: list[int] = []
         self._effects: dict[str, list[Effect]] = {}
         # Bumped by reset(): a call that began before a reset records nothing, so a slow call
         # of one test cannot leak into the next test's record.
@@ -112,6 +142,11 @@ class FakeProvisioner:
         with self._lock:
             return list(self._calls)
 
+    def batch_sizes(self) -> list[int]:
+        """Items per ApplyBatch round trip, in arrival order."""
+        with self._lock:
+            return list(self._batch_sizes)
+
     def applied_keys(self) -> set[str]:
         with self._lock:
             return set(self._effects)
@@ -121,6 +156,7 @@ class FakeProvisioner:
         with self._lock:
             self._calls.clear()
             self._calls_per_key.clear()
+            self._batch_sizes.clear()
             self._effects.clear()
             self._rng = random.Random(self._seed)
             self._generation += 1
@@ -128,21 +164,80 @@ class FakeProvisioner:
     # -- the RPC path -------------------------------------------------------------------------
 
     async def _handle(self, method: str, req: Any, target_tier: str, context: Any) -> Any:
+        outcome, code, detail = await self._one(method, req, target_tier)
+        if outcome == "skipped":
+            return pb.ProvisionReply(applied=False, skip_reason=detail)
+        if outcome.startswith("error:"):
+            await context.abort(STATUS_CODES[code], detail)
+        return pb.ProvisionReply(applied=True)
+
+    async def _batch(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        # Every item goes through exactly the single call's path (same rules, same record).
+        # Items without latency are answered together at once; slow ones as each finishes.
+        try:
+            items = [_unpack(item) for item in request.items]
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        with self._lock:
+            self._batch_sizes.append(len(items))
+        started = [self._begin(method, req) for method, req, _tier in items]
+        slow = [i for i, (_g, rule) in enumerate(started) if rule and rule.latency_ms > 0]
+        waiting = set(slow)
+        ready = [
+            self._result(i, *items[i], *started[i]) for i in range(len(items)) if i not in waiting
+        ]
+        if ready:
+            yield pb.BatchReply(results=ready)
+
+        async def late(i: int) -> Any:
+            method, req, _tier = items[i]
+            await self._delay(started[i][0], method, req, started[i][1])
+            return self._result(i, *items[i], *started[i])
+
+        for next_done in asyncio.as_completed([late(i) for i in slow]):
+            yield pb.BatchReply(results=[await next_done])
+
+    def _result(
+        self, index: int, method: str, req: Any, tier: str, generation: int, rule: Rule | None
+    ) -> Any:
+        outcome, code, detail = self._finish(generation, method, req, tier, rule)
+        if outcome == "skipped":
+            reply = pb.ProvisionReply(applied=False, skip_reason=detail)
+            return pb.BatchResult(index=index, code=0, reply=reply)
+        if outcome.startswith("error:"):
+            status = STATUS_CODES[code].value[0]
+            return pb.BatchResult(index=index, code=status, details=detail)
+        return pb.BatchResult(index=index, code=0, reply=pb.ProvisionReply(applied=True))
+
+    async def _one(self, method: str, req: Any, target_tier: str) -> tuple[str, str, str]:
+        generation, rule = self._begin(method, req)
+        if rule is not None and rule.latency_ms > 0:
+            await self._delay(generation, method, req, rule)
+        return self._finish(generation, method, req, target_tier, rule)
+
+    def _begin(self, method: str, req: Any) -> tuple[int, Rule | None]:
         key: str = req.idempotency_key
         with self._lock:
-            generation = self._generation
             seen = self._calls_per_key.get(key, 0)
             self._calls_per_key[key] = seen + 1
             rule = choose_rule(self._rules, method, req.resource_id, seen, self._rng)
-        if rule is not None and rule.latency_ms > 0:
-            try:
-                await asyncio.sleep(rule.latency_ms / 1000)
-            except asyncio.CancelledError:
-                # The client gave up (deadline): nothing was applied; say so in the record.
-                self._record(
-                    generation, Call(key, method, req.resource_id, "cancelled", time.time())
-                )
-                raise
+            return self._generation, rule
+
+    async def _delay(self, generation: int, method: str, req: Any, rule: Rule | None) -> None:
+        assert rule is not None
+        try:
+            await asyncio.sleep(rule.latency_ms / 1000)
+        except asyncio.CancelledError:
+            # The client gave up (deadline): nothing was applied; say so in the record.
+            call = Call(req.idempotency_key, method, req.resource_id, "cancelled", time.time())
+            self._record(generation, call)
+            raise
+
+    def _finish(
+        self, generation: int, method: str, req: Any, target_tier: str, rule: Rule | None
+    ) -> tuple[str, str, str]:
+        """(outcome, status code name, skip reason or error details) of one call."""
+        key: str = req.idempotency_key
         action, code, reason = (rule.action, rule.code, rule.reason) if rule else ("ok", "", "")
         now = time.time()
         with self._lock:
@@ -164,11 +259,9 @@ class FakeProvisioner:
                 outcome = "applied"
             if live:
                 self._calls.append(Call(key, method, req.resource_id, outcome, now))
-        if outcome == "skipped":
-            return pb.ProvisionReply(applied=False, skip_reason=reason)
         if outcome.startswith("error:"):
-            await context.abort(STATUS_CODES[code], f"injected {action} for {key}")
-        return pb.ProvisionReply(applied=True)
+            return outcome, code, f"injected {action} for {key}"
+        return outcome, "", reason
 
     def _record(self, generation: int, call: Call) -> None:
         with self._lock:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11provisioner.proto\x12\x0eprovisioner.v1\"{\n\x0eRegradeRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0f\n\x07team_id\x18\x02 \x01(\t\x12\x15\n\rresource_type\x18\x03 \x01(\t\x12\x13\n\x0bresource_id\x18\x04 \x01(\t\x12\x13\n\x0btarget_tier\x18\x05 \x01(\t\"g\n\x0fResourceRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0f\n\x07team_id\x18\x02 \x01(\t\x12\x15\n\rresource_type\x18\x03 \x01(\t\x12\x13\n\x0bresource_id\x18\x04 \x01(\t\"6\n\x0eProvisionReply\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x13\n\x0bskip_reason\x18\x02 \x01(\t2\x87\x02\n\x0bProvisioner\x12Q\n\x0fRegradeResource\x12\x1e.provisioner.v1.RegradeRequest\x1a\x1e.provisioner.v1.ProvisionReply\x12R\n\x0fSuspendResource\x12\x1f.provisioner.v1.ResourceRequest\x1a\x1e.provisioner.v1.ProvisionReply\x12Q\n\x0eResumeResource\x12\x1f.provisioner.v1.ResourceRequest\x1a\x1e.provisioner.v1.ProvisionReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11provisioner.proto\x12\x0eprovisioner.v1\"{\n\x0eRegradeRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0f\n\x07team_id\x18\x02 \x01(\t\x12\x15\n\rresource_type\x18\x03 \x01(\t\x12\x13\n\x0bresource_id\x18\x04 \x01(\t\x12\x13\n\x0btarget_tier\x18\x05 \x01(\t\"g\n\x0fResourceRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0f\n\x07team_id\x18\x02 \x01(\t\x12\x15\n\rresource_type\x18\x03 \x01(\t\x12\x13\n\x0bresource_id\x18\x04 \x01(\t\"6\n\x0eProvisionReply\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x13\n\x0bskip_reason\x18\x02 \x01(\t\"\xad\x01\n\tBatchItem\x12\x31\n\x07regrade\x18\x01 \x01(\x0b\x32\x1e.provisioner.v1.RegradeRequestH\x00\x12\x32\n\x07suspend\x18\x02 \x01(\x0b\x32\x1f.provisioner.v1.ResourceRequestH\x00\x12\x31\n\x06resume\x18\x03 \x01(\x0b\x32\x1f.provisioner.v1.ResourceRequestH\x00\x42\x06\n\x04\x63\x61ll\"8\n\x0c\x42\x61tchRequest\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.provisioner.v1.BatchItem\"j\n\x0b\x42\x61tchResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\x12-\n\x05reply\x18\x04 \x01(\x0b\x32\x1e.provisioner.v1.ProvisionReply\":\n\nBatchReply\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.provisioner.v1.BatchResult2\xd1\x02\n\x0bProvisioner\x12Q\n\x0fRegradeResource\x12\x1e.provisioner.v1.RegradeRequest\x1a\x1e.provisioner.v1.ProvisionReply\x12R\n\x0fSuspendResource\x12\x1f.provisioner.v1.ResourceRequest\x1a\x1e.provisioner.v1.ProvisionReply\x12Q\n\x0eResumeResource\x12\x1f.provisioner.v1.ResourceRequest\x1a\x1e.provisioner.v1.ProvisionReply\x12H\n\nApplyBatch\x12\x1c.provisioner.v1.BatchRequest\x1a\x1a.provisioner.v1.BatchReply0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOURCEREQUEST']._serialized_end=265
   _globals['_PROVISIONREPLY']._serialized_start=267
   _globals['_PROVISIONREPLY']._serialized_end=321
-  _globals['_PROVISIONER']._serialized_start=324
-  _globals['_PROVISIONER']._serialized_end=587
+  _globals['_BATCHITEM']._serialized_start=324
+  _globals['_BATCHITEM']._serialized_end=497
+  _globals['_BATCHREQUEST']._serialized_start=499
+  _globals['_BATCHREQUEST']._serialized_end=555
+  _globals['_BATCHRESULT']._serialized_start=557
+  _globals['_BATCHRESULT']._serialized_end=663
+  _globals['_BATCHREPLY']._serialized_start=665
+  _globals['_BATCHREPLY']._serialized_end=723
+  _globals['_PROVISIONER']._serialized_start=726
+  _globals['_PROVISIONER']._serialized_end=1063
 # @@protoc_insertion_point(module_scope)

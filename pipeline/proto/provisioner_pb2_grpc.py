@@ -49,6 +49,11 @@ class ProvisionerStub:
                 request_serializer=provisioner__pb2.ResourceRequest.SerializeToString,
                 response_deserializer=provisioner__pb2.ProvisionReply.FromString,
                 _registered_method=True)
+        self.ApplyBatch = channel.unary_stream(
+                '/provisioner.v1.Provisioner/ApplyBatch',
+                request_serializer=provisioner__pb2.BatchRequest.SerializeToString,
+                response_deserializer=provisioner__pb2.BatchReply.FromString,
+                _registered_method=True)
 
 
 class ProvisionerServicer:
@@ -75,6 +80,19 @@ class ProvisionerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyBatch(self, request, context):
+        """Optional: many calls in one round trip. Each item means exactly what the matching single
+        RPC above means, and items are independent (one item's failure says nothing about another).
+        Results stream back as they are ready, each naming its item by index, so one slow item does
+        not hold up the others; every item is answered once. Items not answered when the call ends
+        (deadline, error status, or a stream that ends early) are failed attempts with that status.
+        A provisioner without it answers UNIMPLEMENTED and the pipeline makes the single calls
+        instead, so implementing it is a speed-up, never a requirement.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProvisionerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +110,11 @@ def add_ProvisionerServicer_to_server(servicer, server):
                     servicer.ResumeResource,
                     request_deserializer=provisioner__pb2.ResourceRequest.FromString,
                     response_serializer=provisioner__pb2.ProvisionReply.SerializeToString,
+            ),
+            'ApplyBatch': grpc.unary_stream_rpc_method_handler(
+                    servicer.ApplyBatch,
+                    request_deserializer=provisioner__pb2.BatchRequest.FromString,
+                    response_serializer=provisioner__pb2.BatchReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +198,33 @@ class Provisioner:
             '/provisioner.v1.Provisioner/ResumeResource',
             provisioner__pb2.ResourceRequest.SerializeToString,
             provisioner__pb2.ProvisionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/provisioner.v1.Provisioner/ApplyBatch',
+            provisioner__pb2.BatchRequest.SerializeToString,
+            provisioner__pb2.BatchReply.FromString,
             options,
             channel_credentials,
             insecure,

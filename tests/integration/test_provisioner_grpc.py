@@ -35,10 +35,13 @@ def clean(fake: FakeProvisioner) -> None:
     fake.reset()
 
 
-@pytest.fixture
-async def client(fake: FakeProvisioner) -> AsyncIterator[GrpcProvisioner]:
+@pytest.fixture(params=[0, 64], ids=["single", "batched"])
+async def client(
+    fake: FakeProvisioner, request: pytest.FixtureRequest
+) -> AsyncIterator[GrpcProvisioner]:
+    # Every test below runs against both paths: one RPC per call, and ApplyBatch.
     assert fake.address is not None
-    c = GrpcProvisioner(fake.address, deadline=2.0, tries=3, pause=0.01)
+    c = GrpcProvisioner(fake.address, deadline=2.0, tries=3, pause=0.01, batch=request.param)
     yield c
     await c.close()
 
@@ -194,6 +197,92 @@ async def test_closed_client_fails_without_raising(fake: FakeProvisioner) -> Non
     await client.close()
     result = await _regrade(client, "k-closed", _rid())
     assert isinstance(result, CallFailed) and result.retryable
+
+
+async def test_concurrent_calls_share_round_trips(fake: FakeProvisioner) -> None:
+    assert fake.address is not None
+    fake.set_rules(
+        [
+            Rule(match="skip-*", action="skip", reason="legacy resource"),
+            Rule(match="bad-*", action="error", code="INVALID_ARGUMENT"),
+        ]
+    )
+    client = GrpcProvisioner(fake.address, deadline=2.0, tries=1, batch=8, batches_in_flight=1)
+    rids = [f"{('ok', 'skip', 'bad')[i % 3]}-{i}" for i in range(30)]
+    try:
+        results = await asyncio.gather(*(_regrade(client, f"k-{rid}", rid) for rid in rids))
+    finally:
+        await client.close()
+    # Each call got its own answer, in its own position.
+    for rid, result in zip(rids, results, strict=True):
+        if rid.startswith("ok"):
+            assert result == Applied()
+        elif rid.startswith("skip"):
+            assert result == Skipped("legacy resource")
+        else:
+            assert isinstance(result, CallFailed)
+            assert (result.code, result.retryable) == ("INVALID_ARGUMENT", False)
+    assert set(fake.effects()) == {f"k-{rid}" for rid in rids if rid.startswith("ok")}
+    # The first call leaves alone (nothing waits for company); the rest queue behind it and
+    # leave 8 at a time.
+    assert fake.batch_sizes() == [1, 8, 8, 8, 5]
+
+
+async def test_transient_failure_of_one_item_retries_only_that_item(
+    fake: FakeProvisioner,
+) -> None:
+    assert fake.address is not None
+    fake.set_rules([Rule(match="flaky-*", action="error", code="UNAVAILABLE", times=1)])
+    client = GrpcProvisioner(fake.address, deadline=2.0, tries=3, pause=0.01, batch=64)
+    try:
+        results = await asyncio.gather(
+            _regrade(client, "k-flaky", "flaky-1"), _regrade(client, "k-steady", "steady-1")
+        )
+    finally:
+        await client.close()
+    assert results == [Applied(), Applied()]
+    assert sorted((c.idempotency_key, c.outcome) for c in fake.calls()) == [
+        ("k-flaky", "applied"),
+        ("k-flaky", "error:UNAVAILABLE"),
+        ("k-steady", "applied"),
+    ]
+
+
+async def test_a_slow_item_does_not_fail_its_batch_mates(fake: FakeProvisioner) -> None:
+    # Results stream back per item: the fast ones are answered although the slow one runs
+    # past the deadline (then only it fails, as its single call would).
+    assert fake.address is not None
+    fake.set_rules([Rule(match="slow-*", latency_ms=3000)])
+    client = GrpcProvisioner(fake.address, deadline=0.5, tries=1, batch=64, batches_in_flight=1)
+    rids = ["slow-1", "fast-1", "fast-2", "fast-3"]
+    try:
+        results = await asyncio.gather(*(_regrade(client, f"k-{rid}", rid) for rid in rids))
+    finally:
+        await client.close()
+    assert isinstance(results[0], CallFailed) and results[0].code == "DEADLINE_EXCEEDED"
+    assert results[1:] == [Applied()] * 3
+    assert fake.batch_sizes() == [1, 3]  # the slow one left alone; the others queued behind it
+    assert set(fake.effects()) == {"k-fast-1", "k-fast-2", "k-fast-3"}
+
+
+async def test_provisioner_without_apply_batch_gets_single_calls() -> None:
+    # SPEC 6: any implementation of the three single RPCs must work unchanged.
+    plain = FakeProvisioner(batch_enabled=False)
+    addr = plain.start()
+    client = GrpcProvisioner(addr, deadline=2.0, tries=1, batch=64, batches_in_flight=2)
+    try:
+        first = await asyncio.gather(*(_regrade(client, f"k-p{i}", f"p-{i}") for i in range(5)))
+        refused = plain.batch_refusals
+        later = await _regrade(client, "k-later", "p-later")
+    finally:
+        await client.close()
+        effects = plain.effects()
+        plain.stop()
+    assert first == [Applied()] * 5 and later == Applied()
+    assert set(effects) == {f"k-p{i}" for i in range(5)} | {"k-later"}
+    # The two batches on the wire were refused; the three queued calls and every later one
+    # went straight to single calls.
+    assert (refused, plain.batch_refusals) == (2, 2)
 
 
 def _http(method: str, url: str, body: object = None) -> object:

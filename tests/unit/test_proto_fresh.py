@@ -21,4 +21,5 @@ def test_generated_grpc_module_imports_as_a_package() -> None:
         "RegradeResource",
         "SuspendResource",
         "ResumeResource",
+        "ApplyBatch",
     }
