@@ -20,6 +20,12 @@ CALL_TRIES_PER_ATTEMPT = 3
 # An attempt can take at most HANDLER_DEADLINE * CALL_TRIES_PER_ATTEMPT plus pauses (~31 s);
 # 25 minutes is ample headroom and far below the 80 minutes a default job rescuer allows.
 RESCUE_STUCK_AFTER = timedelta(minutes=25)
+# The worker's memory of answered (propagation, attempt) pairs: the most recent this many, and
+# a changelog that keeps about this long, so memory and restart time stay bounded at any
+# throughput. A redelivery older than both is executed again (the provisioner's idempotency
+# key makes that safe) instead of re-emitting the recorded outcome.
+DEDUPE_MAX_ENTRIES = 50_000
+DEDUPE_CHANGELOG_RETENTION = timedelta(minutes=15)
 # A component exiting with this code asks its supervisor (`pipeline run`) for a restart.
 RESTART_EXIT_CODE = 3
 
@@ -88,6 +94,8 @@ class Config:
             "rescue_stuck_after_s": RESCUE_STUCK_AFTER.total_seconds(),
             "handler_deadline_s": HANDLER_DEADLINE.total_seconds(),
             "call_tries_per_attempt": CALL_TRIES_PER_ATTEMPT,
+            "dedupe_max_entries": DEDUPE_MAX_ENTRIES,
+            "dedupe_changelog_retention_s": DEDUPE_CHANGELOG_RETENTION.total_seconds(),
             "max_attempts": self.max_attempts,
             "backoff_scale": self.backoff_scale,
             "topic_prefix": self.topic_prefix,

@@ -7,7 +7,8 @@ before each commit). faust's own agent concurrency > 1 is avoided: it can commit
 in-flight message (faust-streaming issue #606).
 
 Redelivered (propagation_id, attempt) pairs are recognised with a faust table backed by
-its changelog topic, so de-duplication survives restarts and rebalances.
+its changelog topic, so de-duplication survives restarts and rebalances; the table and its
+changelog are bounded (streams/seen.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from typing import Any
 import faust
 
 from pipeline import codec, logs
-from pipeline.config import RESTART_EXIT_CODE, Config
+from pipeline.config import (
+    DEDUPE_CHANGELOG_RETENTION,
+    DEDUPE_MAX_ENTRIES,
+    RESTART_EXIT_CODE,
+    Config,
+)
 from pipeline.decide import RetryPolicy, dedupe_action
 from pipeline.handlers import ProvisionerPort
 from pipeline.httpd import Health
@@ -33,6 +39,7 @@ from pipeline.registry import build_registry
 from pipeline.streams.lanes import OrderedLanes
 from pipeline.streams.processor import CommandProcessor
 from pipeline.streams.progress import STALL_AFTER_S, PartitionView, stalled_partitions
+from pipeline.streams.seen import seen_table
 from pipeline.streams.sequencer import Admit, Sequencer
 
 _log = logs.get("worker")
@@ -139,12 +146,12 @@ def build_app(
         cfg.commands_topic, key_serializer="raw", value_serializer="raw", allow_empty=True
     )
     outcomes = app.topic(cfg.outcomes_topic, key_serializer="raw", value_serializer="raw")
-    seen = app.Table(
+    seen = seen_table(
+        app,
         SEEN_TABLE,
-        default=None,
         partitions=cfg.partitions,
-        key_type=bytes,
-        value_type=bytes,
+        max_entries=DEDUPE_MAX_ENTRIES,
+        retention=DEDUPE_CHANGELOG_RETENTION,
     )
     state: dict[str, Any] = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 import uuid
@@ -186,6 +187,28 @@ def test_every_path_reaches_its_one_terminal_state(
         )
         == 20.0
     )
+    # The de-duplication table's changelog is created bounded (streams/seen.py).
+    changelog = f"{p.prefix}propagation-processor-processed-attempts-changelog"
+    configs = asyncio.run(_topic_configs(p.bootstrap, changelog))
+    assert {k: configs[k] for k in ("cleanup.policy", "retention.ms", "segment.ms")} == {
+        "cleanup.policy": "compact,delete",
+        "retention.ms": "900000",
+        "segment.ms": "300000",
+    }
+
+
+async def _topic_configs(bootstrap: str, topic: str) -> dict[str, str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    [(_err, _msg, _type, _name, entries)] = response.resources
+    return {name: value for name, value, *_rest in entries}
 
 
 @pytest.mark.parametrize("victim", ["worker", "projector"])
