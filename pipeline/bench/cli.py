@@ -47,6 +47,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--no-peers", action="store_true", help="skip pgqueuer and procrastinate")
     p.add_argument(
+        "--steady-minutes",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="also offer --rate for M minutes and report whether each component's RSS stays"
+        " flat (default 0 = skip; the issue's check is 10)",
+    )
+    p.add_argument(
+        "--no-single-calls",
+        action="store_true",
+        help="skip the second saturation run with PIPELINE_PROVISIONER_BATCH=0",
+    )
+    p.add_argument(
         "--use-env",
         action="store_true",
         help="use the Kafka and Postgres of PIPELINE_KAFKA_BOOTSTRAP / PIPELINE_DATABASE_URL",
@@ -65,6 +78,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.count < 1 or args.rate <= 0 or args.latency_seconds <= 0:
         raise PipelineError("--count, --rate and --latency-seconds must be positive")
+    if args.steady_minutes < 0:
+        raise PipelineError("--steady-minutes must be 0 or more")
     settings = Settings(
         count=args.count,
         rate=args.rate,
@@ -72,6 +87,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         peers=not args.no_peers,
         profile_dir=args.profile.resolve() if args.profile else None,
+        steady_minutes=args.steady_minutes,
+        single_calls=not args.no_single_calls,
         progress=_say,
     )
     workdir = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))

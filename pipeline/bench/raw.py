@@ -105,10 +105,13 @@ async def kafka_produce_consume(
     return produced, consumed
 
 
-async def grpc_alone(addr: str, count: int, key_prefix: str) -> tuple[Rate, int]:
-    """``count`` regrade calls, GRPC_IN_FLIGHT at a time; returns (rate, calls not applied)."""
+async def grpc_alone(addr: str, count: int, key_prefix: str, batch: int = 0) -> tuple[Rate, int]:
+    """``count`` regrade calls, GRPC_IN_FLIGHT at a time; returns (rate, calls not applied).
+
+    ``batch`` > 0: the calls share ApplyBatch round trips, as the worker's do.
+    """
     port = GrpcProvisioner(
-        addr, deadline=HANDLER_DEADLINE.total_seconds(), tries=CALL_TRIES_PER_ATTEMPT
+        addr, deadline=HANDLER_DEADLINE.total_seconds(), tries=CALL_TRIES_PER_ATTEMPT, batch=batch
     )
     slots = asyncio.Semaphore(GRPC_IN_FLIGHT)
     failed = 0

@@ -4,6 +4,9 @@ Report shape (all rates per second, times in seconds unless the key says ``_ms``
 
     meta        count, rate, latency_seconds, partitions, cpus, loadavg_start/end, ...
     end_to_end  count, applied, failed, seconds, per_second       (saturation phase)
+    end_to_end_single_calls   the same, worker with PIPELINE_PROVISIONER_BATCH=0
+    steady      offered_rate, rows, seconds, rss_mb {component: {samples, first_half_peak_mb,
+                second_half_peak_mb, growth_pct}}                 (with --steady-minutes)
     latency     offered_rate, rows, achieved_rate,
                 insert_to_projected {p50_ms, p95_ms, p99_ms, max_ms, samples},
                 insert_to_outcome   {...}                         (applied_at - created_at)
@@ -45,8 +48,19 @@ def add_targets(report: dict[str, Any]) -> dict[str, Any]:
     put("p99_insert_to_applied", "< 100 ms", p99, None if p99 is None else p99 < 100)
     comps = report.get("components", {})
     rss = [comps[n]["peak_rss_mb"] for n in PIPELINE_PARTS if n in comps]
+    steady = report.get("steady", {}).get("rss_mb", {})
+    rss += [d["second_half_peak_mb"] for n, d in steady.items() if n in PIPELINE_PARTS]
     worst = max(rss) if rss else None
     put("rss_per_component", "< 200 MB", worst, None if worst is None else worst < 200)
+    growth = [d["growth_pct"] for n, d in steady.items() if n in PIPELINE_PARTS]
+    minutes = report.get("steady", {}).get("seconds", 0.0) / 60
+    most = max(growth) if growth else None
+    put(
+        "rss_flat_over_10_minutes",
+        "second half peak <= first half peak + 10%, over >= 10 min",
+        most,
+        None if most is None else (most <= 10.0 and minutes >= 9.9),
+    )
     report["targets"] = targets
     return report
 
@@ -71,6 +85,9 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
     e2e = report.get("end_to_end")
     if e2e:
         t.add_row("end-to-end throughput (insert -> applied)", _rate(e2e))
+    single = report.get("end_to_end_single_calls")
+    if single:
+        t.add_row("  the same, one RPC per call (PROVISIONER_BATCH=0)", _rate(single))
     lat = report.get("latency")
     if lat:
         for key, label in (("insert_to_projected", "projected"), ("insert_to_outcome", "outcome")):
@@ -90,6 +107,14 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
             f"{name} (saturation phase)",
             f"cpu {d['cpu_seconds']:.1f}s  peak rss {d['peak_rss_mb']:.0f} MB",
         )
+    st = report.get("steady")
+    if st:
+        for name, d in st["rss_mb"].items():
+            t.add_row(
+                f"{name} RSS over {st['seconds'] / 60:.1f} min at {st['offered_rate']:g}/s",
+                f"1st half peak {d['first_half_peak_mb']:.0f} MB, 2nd half peak "
+                f"{d['second_half_peak_mb']:.0f} MB ({d['growth_pct']:+.1f}%)",
+            )
     for peer, d in report.get("peers", {}).items():
         b = d["best"]
         if b is None:

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from pipeline.bench import peers as peers_mod
-from pipeline.bench import profile, raw, store
+from pipeline.bench import profile, raw, steady, store
 from pipeline.bench.procstats import ProcSampler
 from pipeline.errors import PipelineError
 from pipeline.migrate import migrate
@@ -50,6 +50,8 @@ class Settings:
     peers: bool = True
     trials: dict[str, list[dict[str, int]]] | None = None  # None = peers.TRIALS
     profile_dir: Path | None = None
+    steady_minutes: float = 0.0  # > 0: offer ``rate`` this long and sample RSS (flat or not)
+    single_calls: bool = True  # also measure saturation with PIPELINE_PROVISIONER_BATCH=0
     progress: Callable[[str], None] = lambda _msg: None
 
 
@@ -85,6 +87,10 @@ class Components:
         self.provisioner_addr = f"{procs.LOCALHOST}:{port}"
 
     def start_pipeline(self) -> None:
+        for name in COMPONENTS:
+            self.start_component(name)
+
+    def start_component(self, name: str, **extra_env: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
         env.update(
             PIPELINE_DATABASE_URL=self.stack.database_url,
@@ -94,10 +100,10 @@ class Components:
             PIPELINE_PARTITIONS=str(self.partitions),
             PIPELINE_DATA_DIR=str(self.stack.workdir / "data"),
             PIPELINE_LOG_LEVEL="WARNING",
+            PIPELINE_METRICS_PORT=str(procs.free_port()),
         )
-        for name, command in COMPONENTS.items():
-            child = dict(env, PIPELINE_METRICS_PORT=str(procs.free_port()))
-            self._spawn(name, [command], child)
+        env.update(extra_env)
+        self._spawn(name, [COMPONENTS[name]], env)
 
     def check(self) -> None:
         dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
@@ -257,6 +263,9 @@ async def _raw_limits(comps: Components, s: Settings, report: dict[str, Any]) ->
         kw, f"{comps.stack.prefix}bench-raw", s.count, s.partitions
     )
     grpc_rate, grpc_failed = await raw.grpc_alone(comps.provisioner_addr, s.count, "raw-grpc-")
+    batched_rate, batched_failed = await raw.grpc_alone(
+        comps.provisioner_addr, s.count, "raw-grpc-batched-", batch=64
+    )
     batched, row_by_row = await asyncio.to_thread(
         raw.update_alone, comps.stack.database_url, s.count
     )
@@ -264,6 +273,7 @@ async def _raw_limits(comps: Components, s: Settings, report: dict[str, Any]) ->
         "kafka_produce": produced.to_dict(),
         "kafka_consume": consumed.to_dict(),
         "grpc_64_in_flight": {**grpc_rate.to_dict(), "not_applied": grpc_failed},
+        "grpc_64_in_flight_apply_batch": {**batched_rate.to_dict(), "not_applied": batched_failed},
         "update_batched_500": batched.to_dict(),
         "update_row_by_row_500_per_tx": row_by_row.to_dict(),
     }
@@ -312,6 +322,27 @@ async def _peers(comps: Components, s: Settings, report: dict[str, Any]) -> None
     report["peers"] = out
 
 
+async def _single_calls(comps: Components, s: Settings, report: dict[str, Any]) -> None:
+    """The saturation phase again, the worker making one RPC per call (no ApplyBatch)."""
+    comps.stop("worker")
+    comps.start_component("worker", PIPELINE_PROVISIONER_BATCH="0")
+    url = comps.stack.database_url
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        first, last = await store.insert_batch_async(conn, "single-warm-", 50)
+        await _wait_done(comps, first, last, 180.0, [])
+        t0 = time.perf_counter()
+        first, last = await store.insert_batch_async(conn, "single-", s.count)
+    applied, failed, t_end = await _wait_done(comps, first, last, max(120.0, s.count / 50), [])
+    elapsed = t_end - t0
+    report["end_to_end_single_calls"] = {
+        "count": s.count,
+        "applied": applied,
+        "failed": failed,
+        "seconds": elapsed,
+        "per_second": s.count / elapsed if elapsed > 0 else 0.0,
+    }
+
+
 async def run_bench(stack: Stack, s: Settings) -> dict[str, Any]:
     """One full run; returns the report (see ``report.py`` for its shape)."""
     report: dict[str, Any] = {
@@ -347,10 +378,19 @@ async def run_bench(stack: Stack, s: Settings) -> dict[str, Any]:
         await _saturation(comps, s, sampler, report)
         s.progress(f"latency: {s.rate:g}/s for {s.latency_seconds:g}s")
         await _latency(comps, s, report)
-        comps.stop("relay", "worker", "projector")
-        await sampler.stop()
         for name in report["components"]:
             report["components"][name]["peak_rss_mb"] = sampler.peak_rss_mb(name)
+        if s.steady_minutes > 0:
+            s.progress(f"steady: {s.rate:g}/s for {s.steady_minutes:g} min, RSS sampled")
+            pids = {n: comps.procs[n].pid for n in COMPONENTS}
+            report["steady"] = await steady.run(
+                comps.stack.database_url, pids, s.rate, s.steady_minutes, s.progress, comps.check
+            )
+        if s.single_calls:
+            s.progress("saturation again with single calls (PIPELINE_PROVISIONER_BATCH=0)")
+            await _single_calls(comps, s, report)
+        comps.stop("relay", "worker", "projector")
+        await sampler.stop()
         s.progress("raw limits: aiokafka, gRPC, batched UPDATE")
         await _raw_limits(comps, s, report)
         if s.peers:

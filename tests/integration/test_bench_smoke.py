@@ -22,8 +22,8 @@ COUNT = 200
 RATE = 100.0
 SECONDS = 2.0
 TRIALS = {
-    "pgqueuer": [{"batch_size": 50, "concurrency": 0}],
-    "procrastinate": [{"batch_size": 1, "concurrency": 16}],
+    "pgqueuer": [{"batch_size": 50, "concurrency": 0, "grpc_batch": 16}],
+    "procrastinate": [{"batch_size": 1, "concurrency": 16, "grpc_batch": 0}],
 }
 
 
@@ -39,13 +39,28 @@ async def test_bench_small_run_reports_every_field(
 ) -> None:
     stack = Stack(database_url, kafka_broker.bootstrap, topic_prefix, tmp_path)
     settings = Settings(
-        count=COUNT, rate=RATE, latency_seconds=SECONDS, partitions=3, trials=TRIALS
+        count=COUNT,
+        rate=RATE,
+        latency_seconds=SECONDS,
+        partitions=3,
+        trials=TRIALS,
+        steady_minutes=0.1,
     )
     report = report_mod.add_targets(await run_bench(stack, settings))
 
-    e2e = report["end_to_end"]
-    assert (e2e["count"], e2e["applied"], e2e["failed"]) == (COUNT, COUNT, 0)
-    assert e2e["seconds"] > 0 and e2e["per_second"] > 0
+    for key in ("end_to_end", "end_to_end_single_calls"):
+        e2e = report[key]
+        assert (e2e["count"], e2e["applied"], e2e["failed"]) == (COUNT, COUNT, 0)
+        assert e2e["seconds"] > 0 and e2e["per_second"] > 0
+
+    steady = report["steady"]
+    assert steady["rows"] >= RATE * 6 * 0.9 and set(steady["rss_mb"]) == {
+        "relay",
+        "worker",
+        "projector",
+    }
+    for d in steady["rss_mb"].values():
+        assert len(d["samples"]) >= 1 and d["first_half_peak_mb"] > 0
 
     latency = report["latency"]
     rows = int(RATE * SECONDS)
@@ -70,11 +85,13 @@ async def test_bench_small_run_reports_every_field(
         "kafka_produce",
         "kafka_consume",
         "grpc_64_in_flight",
+        "grpc_64_in_flight_apply_batch",
         "update_batched_500",
         "update_row_by_row_500_per_tx",
     ):
         _rate_ok(raw[name], COUNT)
     assert raw["grpc_64_in_flight"]["not_applied"] == 0
+    assert raw["grpc_64_in_flight_apply_batch"]["not_applied"] == 0
 
     for name in ("relay", "worker", "projector", "provisioner"):
         comp = report["components"][name]
@@ -96,8 +113,10 @@ async def test_bench_small_run_reports_every_field(
         "ratio_over_procrastinate",
         "p99_insert_to_applied",
         "rss_per_component",
+        "rss_flat_over_10_minutes",
     }
     assert all(t["measured"] is not None for t in report["targets"].values())
+    assert report["targets"]["rss_flat_over_10_minutes"]["met"] is False  # 6 s is not 10 min
     meta = report["meta"]
     assert meta["count"] == COUNT and len(meta["loadavg_start"]) == 3
 
