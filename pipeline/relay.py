@@ -124,6 +124,10 @@ class Relay:
         failures = 0
         try:
             while not stop.is_set():
+                # Cleared before the claim, not before the nap: a NOTIFY that arrives while
+                # this batch is claimed or published must wake the next round, or its row
+                # waits for the poll interval.
+                self._wake.clear()
                 try:
                     n = await self.relay_once()
                     failures = 0
@@ -177,7 +181,6 @@ class Relay:
         await self._reset_connection()
 
     async def _nap(self, stop: asyncio.Event) -> None:
-        self._wake.clear()
         waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
         try:
             await asyncio.wait(waiters, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
