@@ -38,7 +38,12 @@ from pipeline.metrics import Metrics
 from pipeline.registry import build_registry
 from pipeline.streams.lanes import OrderedLanes
 from pipeline.streams.processor import CommandProcessor
-from pipeline.streams.progress import STALL_AFTER_S, PartitionView, stalled_partitions
+from pipeline.streams.progress import (
+    STALL_AFTER_S,
+    EndOffsets,
+    PartitionView,
+    stalled_partitions,
+)
 from pipeline.streams.seen import seen_table
 from pipeline.streams.sequencer import Admit, Sequencer
 
@@ -266,6 +271,7 @@ def build_app(
 
     stalled_since: dict[str, float] = {}
     admitted_at: dict[int, float] = {}
+    end_offsets = EndOffsets(cfg.kafka_client_kwargs(), cfg.commands_topic)
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def progress_watchdog() -> None:
@@ -276,10 +282,13 @@ def build_app(
             tps = [tp for tp in app.consumer.assignment() if tp.topic == cfg.commands_topic]
             if not tps:
                 return
-            ends = await asyncio.wait_for(app.consumer.highwaters(*tps), 5.0)
+            # A client of its own: asking faust's consumer (highwaters) holds up its fetch
+            # loop for a second or more, which the bench saw as latency spikes.
+            end_by_partition = await asyncio.wait_for(
+                end_offsets.fetch([tp.partition for tp in tps]), 5.0
+            )
         except Exception:  # not started, rebalancing or broker away: try on the next tick
             return
-        end_by_partition = {tp.partition: off for tp, off in ends.items()}
         committed = getattr(app.consumer, "_committed_offset", {})
         now = time.monotonic()
         views = [
@@ -355,6 +364,7 @@ def build_app(
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(sender: Any, **kwargs: Any) -> None:
         await lanes.drain()
+        await end_offsets.close()
         port = state.get("port")
         close = getattr(port, "close", None)
         if close is not None:

@@ -11,6 +11,9 @@ how many admitted commands are not yet acknowledged, and how long since it admit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 STALL_AFTER_S = 30.0
 
@@ -41,3 +44,26 @@ def stalled_partitions(
         if v.end_offset > v.next_offset and v.unacked == 0 and v.idle_s > stall_after:
             out.append(v.partition)
     return out
+
+
+class EndOffsets:
+    """The broker's end offsets of ``topic``'s partitions, through a client of its own."""
+
+    def __init__(self, client_kwargs: dict[str, Any], topic: str) -> None:
+        self._kwargs = client_kwargs
+        self._topic = topic
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def fetch(self, partitions: list[int]) -> dict[int, int]:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(**self._kwargs, group_id=None, enable_auto_commit=False)
+            await consumer.start()
+            self._consumer = consumer
+        tps = [TopicPartition(self._topic, p) for p in partitions]
+        ends = await self._consumer.end_offsets(tps)
+        return {tp.partition: int(offset) for tp, offset in ends.items()}
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
