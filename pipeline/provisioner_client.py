@@ -105,7 +105,7 @@ class GrpcProvisioner:
         tls_key: str | None = None,
         pause: float = 0.2,
         batch: int = 0,
-        batches_in_flight: int = 4,
+        batches_in_flight: int = 1,
     ) -> None:
         if deadline <= 0:
             raise ProvisionerError("provisioner deadline must be positive")

@@ -41,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--latency-seconds", type=float, default=10.0, help="latency phase length (default 10)"
     )
     p.add_argument("--partitions", type=int, default=6, help="topic partitions (default 6)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="worker processes in the group (default 1)"
+    )
     p.add_argument("--json", metavar="FILE", type=Path, help="also write the report as JSON")
     p.add_argument(
         "--profile", metavar="DIR", type=Path, help="py-spy each component while saturated"
@@ -78,6 +81,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.count < 1 or args.rate <= 0 or args.latency_seconds <= 0:
         raise PipelineError("--count, --rate and --latency-seconds must be positive")
+    if not 1 <= args.workers <= args.partitions:
+        raise PipelineError("--workers must be between 1 and --partitions")
     if args.steady_minutes < 0:
         raise PipelineError("--steady-minutes must be 0 or more")
     settings = Settings(
@@ -85,6 +90,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rate=args.rate,
         latency_seconds=args.latency_seconds,
         partitions=args.partitions,
+        workers=args.workers,
         peers=not args.no_peers,
         profile_dir=args.profile.resolve() if args.profile else None,
         steady_minutes=args.steady_minutes,

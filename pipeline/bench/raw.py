@@ -159,9 +159,26 @@ async def topic_timestamps(
     client_kwargs: dict[str, Any], topic: str, first: int, last: int
 ) -> list[int]:
     """Record timestamps (ms) of the events of propagations ``first..last`` on ``topic``."""
+    return [ts for _pid, ts in await _scan(client_kwargs, topic, first, last)]
+
+
+async def first_record_ms(
+    client_kwargs: dict[str, Any], topic: str, first: int, last: int
+) -> dict[int, int]:
+    """Per propagation of ``first..last``, the timestamp (ms) of its first record on ``topic``."""
+    out: dict[int, int] = {}
+    for pid, ts in await _scan(client_kwargs, topic, first, last):
+        if pid not in out or ts < out[pid]:
+            out[pid] = ts
+    return out
+
+
+async def _scan(
+    client_kwargs: dict[str, Any], topic: str, first: int, last: int
+) -> list[tuple[int, int]]:
     consumer = AIOKafkaConsumer(**client_kwargs, group_id=None, enable_auto_commit=False)
     await consumer.start()
-    out: list[int] = []
+    out: list[tuple[int, int]] = []
     try:
         tps = [TopicPartition(topic, p) for p in await partitions_for(client_kwargs, topic)]
         consumer.assign(tps)
@@ -177,7 +194,7 @@ async def topic_timestamps(
                     except (orjson.JSONDecodeError, AttributeError):
                         continue
                     if isinstance(pid, int) and first <= pid <= last:
-                        out.append(int(m.timestamp))
+                        out.append((pid, int(m.timestamp)))
                 if messages and messages[-1].offset + 1 >= ends[tp]:
                     remaining.discard(tp)
     finally:

@@ -10,6 +10,8 @@ Report shape (all rates per second, times in seconds unless the key says ``_ms``
     latency     offered_rate, rows, achieved_rate,
                 insert_to_projected {p50_ms, p95_ms, p99_ms, max_ms, samples},
                 insert_to_outcome   {...}                         (applied_at - created_at)
+                insert_to_relay_claim {...}                       (published_at - created_at)
+                insert_to_command_record, insert_to_outcome_record {...}  (record timestamps)
     stages      relay_publish, relay_kafka_records, processor, projector {count, seconds,
                 per_second}, first_seen_after_insert_s {...}
     raw         kafka_produce, kafka_consume, grpc_64_in_flight, update_batched_500,
@@ -47,12 +49,18 @@ def add_targets(report: dict[str, Any]) -> dict[str, Any]:
     p99 = report.get("latency", {}).get("insert_to_projected", {}).get("p99_ms")
     put("p99_insert_to_applied", "< 100 ms", p99, None if p99 is None else p99 < 100)
     comps = report.get("components", {})
-    rss = [comps[n]["peak_rss_mb"] for n in PIPELINE_PARTS if n in comps]
+    rss = [d["peak_rss_mb"] for n, d in comps.items() if n.rstrip("0123456789") in PIPELINE_PARTS]
     steady = report.get("steady", {}).get("rss_mb", {})
-    rss += [d["second_half_peak_mb"] for n, d in steady.items() if n in PIPELINE_PARTS]
+    rss += [
+        d["second_half_peak_mb"]
+        for n, d in steady.items()
+        if n.rstrip("0123456789") in PIPELINE_PARTS
+    ]
     worst = max(rss) if rss else None
     put("rss_per_component", "< 200 MB", worst, None if worst is None else worst < 200)
-    growth = [d["growth_pct"] for n, d in steady.items() if n in PIPELINE_PARTS]
+    growth = [
+        d["growth_pct"] for n, d in steady.items() if n.rstrip("0123456789") in PIPELINE_PARTS
+    ]
     minutes = report.get("steady", {}).get("seconds", 0.0) / 60
     most = max(growth) if growth else None
     put(
@@ -90,7 +98,13 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
         t.add_row("  the same, one RPC per call (PROVISIONER_BATCH=0)", _rate(single))
     lat = report.get("latency")
     if lat:
-        for key, label in (("insert_to_projected", "projected"), ("insert_to_outcome", "outcome")):
+        for key, label in (
+            ("insert_to_projected", "projected"),
+            ("insert_to_outcome", "outcome"),
+            ("insert_to_relay_claim", "relay claim"),
+            ("insert_to_command_record", "command on Kafka"),
+            ("insert_to_outcome_record", "outcome on Kafka"),
+        ):
             p = lat[key]
             t.add_row(
                 f"latency insert -> {label} at {lat['offered_rate']:g}/s",

@@ -50,6 +50,7 @@ class Settings:
     peers: bool = True
     trials: dict[str, list[dict[str, int]]] | None = None  # None = peers.TRIALS
     profile_dir: Path | None = None
+    workers: int = 1  # worker processes (one consumer group)
     steady_minutes: float = 0.0  # > 0: offer ``rate`` this long and sample RSS (flat or not)
     single_calls: bool = True  # also measure saturation with PIPELINE_PROVISIONER_BATCH=0
     progress: Callable[[str], None] = lambda _msg: None
@@ -58,9 +59,12 @@ class Settings:
 class Components:
     """The fake provisioner, relay, worker and projector as child processes."""
 
-    def __init__(self, stack: Stack, partitions: int) -> None:
+    def __init__(self, stack: Stack, partitions: int, workers: int = 1) -> None:
         self.stack = stack
         self.partitions = partitions
+        # worker, worker2, ...: processes of one consumer group
+        self.workers = ["worker"] + [f"worker{i}" for i in range(2, workers + 1)]
+        self.names = ["relay", *self.workers, "projector"]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.provisioner_addr = ""
 
@@ -87,7 +91,7 @@ class Components:
         self.provisioner_addr = f"{procs.LOCALHOST}:{port}"
 
     def start_pipeline(self) -> None:
-        for name in COMPONENTS:
+        for name in self.names:
             self.start_component(name)
 
     def start_component(self, name: str, **extra_env: str) -> None:
@@ -103,7 +107,7 @@ class Components:
             PIPELINE_METRICS_PORT=str(procs.free_port()),
         )
         env.update(extra_env)
-        self._spawn(name, [COMPONENTS[name]], env)
+        self._spawn(name, [COMPONENTS[name.rstrip("0123456789")]], env)
 
     def check(self) -> None:
         dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
@@ -163,7 +167,7 @@ async def _saturation(
     url = comps.stack.database_url
     recordings = []
     if s.profile_dir is not None:
-        for name in COMPONENTS:
+        for name in comps.names:
             recordings.append(profile.start(name, comps.procs[name].pid, s.profile_dir))
         await asyncio.sleep(1.0)  # py-spy attaches
     series: list[tuple[float, int]] = []
@@ -238,6 +242,15 @@ async def _latency(comps: Components, s: Settings, report: dict[str, Any]) -> No
         store.drop_projected_trigger(conn)
         projected = store.projected_latency(conn, first, last)
         outcome = store.outcome_latency(conn, first, last)
+        claimed = store.claimed_latency(conn, first, last)
+        created = store.created_epochs(conn, first, last)
+    kw = {"bootstrap_servers": comps.stack.bootstrap}
+    on_topic = {}
+    for name, topic in (("command", "propagations"), ("outcome", "propagation-outcomes")):
+        stamps = await raw.first_record_ms(kw, f"{comps.stack.prefix}{topic}", first, last)
+        on_topic[name] = store.percentiles(
+            [ms / 1000 - created[pid] for pid, ms in stamps.items() if pid in created]
+        )
 
     def ms(p: store.Percentiles) -> dict[str, float]:
         return {
@@ -254,6 +267,9 @@ async def _latency(comps: Components, s: Settings, report: dict[str, Any]) -> No
         "achieved_rate": total / offered_for if offered_for > 0 else 0.0,
         "insert_to_projected": ms(projected),
         "insert_to_outcome": ms(outcome),
+        "insert_to_relay_claim": ms(claimed),
+        "insert_to_command_record": ms(on_topic["command"]),
+        "insert_to_outcome_record": ms(on_topic["outcome"]),
     }
 
 
@@ -324,8 +340,9 @@ async def _peers(comps: Components, s: Settings, report: dict[str, Any]) -> None
 
 async def _single_calls(comps: Components, s: Settings, report: dict[str, Any]) -> None:
     """The saturation phase again, the worker making one RPC per call (no ApplyBatch)."""
-    comps.stop("worker")
-    comps.start_component("worker", PIPELINE_PROVISIONER_BATCH="0")
+    comps.stop(*comps.workers)
+    for name in comps.workers:
+        comps.start_component(name, PIPELINE_PROVISIONER_BATCH="0")
     url = comps.stack.database_url
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         first, last = await store.insert_batch_async(conn, "single-warm-", 50)
@@ -352,13 +369,14 @@ async def run_bench(stack: Stack, s: Settings) -> dict[str, Any]:
             "rate": s.rate,
             "latency_seconds": s.latency_seconds,
             "partitions": s.partitions,
+            "workers": s.workers,
             "cpus": os.cpu_count(),
             "loadavg_start": list(os.getloadavg()),
             "topic_prefix": stack.prefix,
         }
     }
     await asyncio.to_thread(migrate, stack.database_url)
-    comps = Components(stack, s.partitions)
+    comps = Components(stack, s.partitions, s.workers)
     sampler = ProcSampler()
     try:
         s.progress("starting the fake provisioner, relay, worker and projector")
@@ -382,14 +400,14 @@ async def run_bench(stack: Stack, s: Settings) -> dict[str, Any]:
             report["components"][name]["peak_rss_mb"] = sampler.peak_rss_mb(name)
         if s.steady_minutes > 0:
             s.progress(f"steady: {s.rate:g}/s for {s.steady_minutes:g} min, RSS sampled")
-            pids = {n: comps.procs[n].pid for n in COMPONENTS}
+            pids = {n: comps.procs[n].pid for n in comps.names}
             report["steady"] = await steady.run(
                 comps.stack.database_url, pids, s.rate, s.steady_minutes, s.progress, comps.check
             )
         if s.single_calls:
             s.progress("saturation again with single calls (PIPELINE_PROVISIONER_BATCH=0)")
             await _single_calls(comps, s, report)
-        comps.stop("relay", "worker", "projector")
+        comps.stop(*comps.names)
         await sampler.stop()
         s.progress("raw limits: aiokafka, gRPC, batched UPDATE")
         await _raw_limits(comps, s, report)

@@ -8,6 +8,7 @@ then stamp ``applied_at`` on the job's row", the same work the pipeline does per
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -43,6 +44,18 @@ _OUTCOME_LATENCY_SQL = """
 SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99])
            WITHIN GROUP (ORDER BY extract(epoch FROM applied_at - created_at)),
        max(extract(epoch FROM applied_at - created_at)), count(applied_at)
+FROM pending_propagations WHERE id BETWEEN %s AND %s
+"""
+
+_CREATED_SQL = """
+SELECT id, extract(epoch FROM created_at) FROM pending_propagations WHERE id BETWEEN %s AND %s
+"""
+
+# Seconds from enqueue to the relay's claim (published_at is its transaction's start).
+_CLAIMED_LATENCY_SQL = """
+SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99])
+           WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at)),
+       max(extract(epoch FROM published_at - created_at)), count(published_at)
 FROM pending_propagations WHERE id BETWEEN %s AND %s
 """
 
@@ -137,8 +150,30 @@ def _percentiles(row: Any) -> Percentiles:
     return Percentiles(p50, p95, p99, float(row[1]), int(row[2]))
 
 
+def created_epochs(conn: psycopg.Connection[Any], first: int, last: int) -> dict[int, float]:
+    rows = conn.execute(_CREATED_SQL, (first, last)).fetchall()
+    return {int(r[0]): float(r[1]) for r in rows}
+
+
+def percentiles(values: list[float]) -> Percentiles:
+    """Nearest-rank p50/p95/p99 and max of ``values`` (seconds)."""
+    if not values:
+        return Percentiles(0.0, 0.0, 0.0, 0.0, 0)
+    ordered = sorted(values)
+    n = len(ordered)
+
+    def rank(q: float) -> float:
+        return ordered[min(n - 1, max(0, math.ceil(q * n) - 1))]
+
+    return Percentiles(rank(0.5), rank(0.95), rank(0.99), ordered[-1], n)
+
+
 def outcome_latency(conn: psycopg.Connection[Any], first: int, last: int) -> Percentiles:
     return _percentiles(conn.execute(_OUTCOME_LATENCY_SQL, (first, last)).fetchone())
+
+
+def claimed_latency(conn: psycopg.Connection[Any], first: int, last: int) -> Percentiles:
+    return _percentiles(conn.execute(_CLAIMED_LATENCY_SQL, (first, last)).fetchone())
 
 
 def projected_latency(conn: psycopg.Connection[Any], first: int, last: int) -> Percentiles:
