@@ -94,6 +94,24 @@ async def test_idempotent_produce_and_group_consume(
     assert {tp for tp in committed} == {TopicPartition(topic, p) for p in range(3)}
 
 
+async def test_worker_watchdog_reads_end_offsets_without_a_group(
+    kafka_broker: KafkaBroker, topic_prefix: str
+) -> None:
+    # The progress watchdog's view of the broker (pipeline/streams/progress.py).
+    from pipeline.streams.progress import EndOffsets
+
+    topic = f"{topic_prefix}watched"
+    await _create_topic(kafka_broker.bootstrap, topic, 3)
+    ends = EndOffsets({"bootstrap_servers": kafka_broker.bootstrap}, topic)
+    try:
+        assert await ends.fetch([0, 1, 2]) == {0: 0, 1: 0, 2: 0}
+        await _produce(kafka_broker.bootstrap, topic, 30)
+        after = await ends.fetch([0, 1, 2])
+    finally:
+        await ends.close()
+    assert sum(after.values()) == 30 and set(after) == {0, 1, 2}
+
+
 def test_postgres_per_test_database(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT current_database(), 6 * 7").fetchone()
