@@ -351,6 +351,9 @@ async def _single_calls(comps: Components, s: Settings, report: dict[str, Any]) 
         first, last = await store.insert_batch_async(conn, "single-", s.count)
     applied, failed, t_end = await _wait_done(comps, first, last, max(120.0, s.count / 50), [])
     elapsed = t_end - t0
+    comps.stop(*comps.workers)  # back to the default (batched) workers for what follows
+    for name in comps.workers:
+        comps.start_component(name)
     report["end_to_end_single_calls"] = {
         "count": s.count,
         "applied": applied,
@@ -394,6 +397,11 @@ async def run_bench(stack: Stack, s: Settings) -> dict[str, Any]:
         await _wait_done(comps, first, last, 180.0, [])
         s.progress(f"saturation: {s.count} rows at once")
         await _saturation(comps, s, sampler, report)
+        # Before the latency and steady phases, so it meets the same outbox size as the
+        # batched run, not the hundreds of thousands of rows a steady phase leaves.
+        if s.single_calls:
+            s.progress("saturation again with single calls (PIPELINE_PROVISIONER_BATCH=0)")
+            await _single_calls(comps, s, report)
         s.progress(f"latency: {s.rate:g}/s for {s.latency_seconds:g}s")
         await _latency(comps, s, report)
         for name in report["components"]:
@@ -404,9 +412,6 @@ async def run_bench(stack: Stack, s: Settings) -> dict[str, Any]:
             report["steady"] = await steady.run(
                 comps.stack.database_url, pids, s.rate, s.steady_minutes, s.progress, comps.check
             )
-        if s.single_calls:
-            s.progress("saturation again with single calls (PIPELINE_PROVISIONER_BATCH=0)")
-            await _single_calls(comps, s, report)
         comps.stop(*comps.names)
         await sampler.stop()
         s.progress("raw limits: aiokafka, gRPC, batched UPDATE")
