@@ -354,6 +354,10 @@ async def _single_calls(comps: Components, s: Settings, report: dict[str, Any]) 
     comps.stop(*comps.workers)  # back to the default (batched) workers for what follows
     for name in comps.workers:
         comps.start_component(name)
+    # Wait until they have joined and recovered: the latency phase must not measure a start-up.
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        first, last = await store.insert_batch_async(conn, "batched-warm-", 50)
+    await _wait_done(comps, first, last, 180.0, [])
     report["end_to_end_single_calls"] = {
         "count": s.count,
         "applied": applied,
