@@ -41,9 +41,15 @@ def find_pg_bin() -> Path:
 def mask_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, safe to print or log."""
     if "://" in url:
-        parts = urlsplit(url)
-        if parts.password is not None:
-            netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        try:
+            parts = urlsplit(url)
+            password = parts.password
+        except ValueError:
+            # Unparseable (e.g. an unclosed IPv6 bracket): show nothing that might be secret.
+            scheme = url.split("://", 1)[0]
+            return f"{scheme}://*** (unparseable URL, not shown)"
+        if password is not None:
+            netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
             return urlunsplit(parts._replace(netloc=netloc))
         return url
     return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)

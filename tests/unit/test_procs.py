@@ -113,6 +113,7 @@ def test_tail_returns_last_lines(tmp_path: Path) -> None:
             "postgresql://postgres@127.0.0.1:5432/postgres",
         ),
         ("host=h password=s3cret dbname=x", "host=h password=*** dbname=x"),
+        ("postgresql://u:s3cret@[::1/db", "postgresql://*** (unparseable URL, not shown)"),
     ],
 )
 def test_mask_url_hides_passwords(url: str, shown: str) -> None:
