@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,12 +20,11 @@ import psycopg
 
 from pipeline.bench import peers as peers_mod
 from pipeline.bench import profile, raw, steady, store
+from pipeline.bench.components import Components
 from pipeline.bench.procstats import ProcSampler
 from pipeline.errors import PipelineError
 from pipeline.migrate import migrate
-from pipeline.stack import procs
 
-COMPONENTS = {"relay": "relay", "worker": "worker", "projector": "project"}
 POLL = 0.05
 
 
@@ -54,83 +50,6 @@ class Settings:
     steady_minutes: float = 0.0  # > 0: offer ``rate`` this long and sample RSS (flat or not)
     single_calls: bool = True  # also measure saturation with PIPELINE_PROVISIONER_BATCH=0
     progress: Callable[[str], None] = lambda _msg: None
-
-
-class Components:
-    """The fake provisioner, relay, worker and projector as child processes."""
-
-    def __init__(self, stack: Stack, partitions: int, workers: int = 1) -> None:
-        self.stack = stack
-        self.partitions = partitions
-        # worker, worker2, ...: processes of one consumer group
-        self.workers = ["worker"] + [f"worker{i}" for i in range(2, workers + 1)]
-        self.names = ["relay", *self.workers, "projector"]
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.provisioner_addr = ""
-
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        log = (self.stack.workdir / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", *args],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.stack.workdir,
-        )
-        log.close()
-
-    def start_provisioner(self) -> None:
-        port = procs.free_port()
-        self._spawn("provisioner", ["fake-provisioner", "--port", str(port)], dict(os.environ))
-        deadline = time.monotonic() + 30
-        while not procs.port_accepts(port):
-            self.check()
-            if time.monotonic() > deadline:
-                raise PipelineError("the fake provisioner did not start\n" + self.logs())
-            time.sleep(0.1)
-        self.provisioner_addr = f"{procs.LOCALHOST}:{port}"
-
-    def start_pipeline(self) -> None:
-        for name in self.names:
-            self.start_component(name)
-
-    def start_component(self, name: str, **extra_env: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-        env.update(
-            PIPELINE_DATABASE_URL=self.stack.database_url,
-            PIPELINE_KAFKA_BOOTSTRAP=self.stack.bootstrap,
-            PIPELINE_PROVISIONER_ADDR=self.provisioner_addr,
-            PIPELINE_TOPIC_PREFIX=self.stack.prefix,
-            PIPELINE_PARTITIONS=str(self.partitions),
-            PIPELINE_DATA_DIR=str(self.stack.workdir / "data"),
-            PIPELINE_LOG_LEVEL="WARNING",
-            PIPELINE_METRICS_PORT=str(procs.free_port()),
-        )
-        env.update(extra_env)
-        self._spawn(name, [COMPONENTS[name.rstrip("0123456789")]], env)
-
-    def check(self) -> None:
-        dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
-        if dead:
-            raise PipelineError(f"bench components exited: {dead}\n{self.logs()}")
-
-    def logs(self, tail: int = 30) -> str:
-        return "\n".join(
-            f"--- {n}.log\n{procs.tail(self.stack.workdir / f'{n}.log', tail)}" for n in self.procs
-        )
-
-    def stop(self, *names: str) -> None:
-        chosen = [n for n in (names or tuple(self.procs)) if n in self.procs]
-        for n in chosen:
-            if self.procs[n].poll() is None:
-                self.procs[n].send_signal(signal.SIGTERM)
-        for n in chosen:
-            p = self.procs.pop(n)
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
 
 
 async def _wait_done(
@@ -180,14 +99,7 @@ async def _saturation(
     sampler.end_phase()
     for rec in recordings:
         profile.stop(rec)
-    elapsed = t_end - t0
-    report["end_to_end"] = {
-        "count": s.count,
-        "applied": applied,
-        "failed": failed,
-        "seconds": elapsed,
-        "per_second": s.count / elapsed if elapsed > 0 else 0.0,
-    }
+    report["end_to_end"] = _throughput(s.count, applied, failed, t_end - t0)
     report["components"] = {
         n: {"cpu_seconds": sampler.cpu_seconds(n), "peak_rss_mb": 0.0} for n in sampler.names()
     }
@@ -343,27 +255,37 @@ async def _single_calls(comps: Components, s: Settings, report: dict[str, Any]) 
     comps.stop(*comps.workers)
     for name in comps.workers:
         comps.start_component(name, PIPELINE_PROVISIONER_BATCH="0")
-    url = comps.stack.database_url
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        first, last = await store.insert_batch_async(conn, "single-warm-", 50)
-        await _wait_done(comps, first, last, 180.0, [])
+    await _warm(comps, "single-warm-")
+    async with await psycopg.AsyncConnection.connect(
+        comps.stack.database_url, autocommit=True
+    ) as conn:
         t0 = time.perf_counter()
         first, last = await store.insert_batch_async(conn, "single-", s.count)
     applied, failed, t_end = await _wait_done(comps, first, last, max(120.0, s.count / 50), [])
-    elapsed = t_end - t0
+    report["end_to_end_single_calls"] = _throughput(s.count, applied, failed, t_end - t0)
     comps.stop(*comps.workers)  # back to the default (batched) workers for what follows
     for name in comps.workers:
         comps.start_component(name)
-    # Wait until they have joined and recovered: the latency phase must not measure a start-up.
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        first, last = await store.insert_batch_async(conn, "batched-warm-", 50)
+    # Joined and recovered before going on: the latency phase must not measure a start-up.
+    await _warm(comps, "batched-warm-")
+
+
+async def _warm(comps: Components, prefix: str) -> None:
+    """50 propagations through the whole pipeline: every component is up and assigned."""
+    async with await psycopg.AsyncConnection.connect(
+        comps.stack.database_url, autocommit=True
+    ) as conn:
+        first, last = await store.insert_batch_async(conn, prefix, 50)
     await _wait_done(comps, first, last, 180.0, [])
-    report["end_to_end_single_calls"] = {
-        "count": s.count,
+
+
+def _throughput(count: int, applied: int, failed: int, seconds: float) -> dict[str, Any]:
+    return {
+        "count": count,
         "applied": applied,
         "failed": failed,
-        "seconds": elapsed,
-        "per_second": s.count / elapsed if elapsed > 0 else 0.0,
+        "seconds": seconds,
+        "per_second": count / seconds if seconds > 0 else 0.0,
     }
 
 
@@ -394,11 +316,7 @@ async def run_bench(stack: Stack, s: Settings) -> dict[str, Any]:
         for name, pid in stack.extra_pids.items():
             sampler.track(name, pid)
         sampler.start()
-        async with await psycopg.AsyncConnection.connect(
-            stack.database_url, autocommit=True
-        ) as conn:
-            first, last = await store.insert_batch_async(conn, "warm-", 50)
-        await _wait_done(comps, first, last, 180.0, [])
+        await _warm(comps, "warm-")
         s.progress(f"saturation: {s.count} rows at once")
         await _saturation(comps, s, sampler, report)
         # Before the latency and steady phases, so it meets the same outbox size as the
