@@ -24,9 +24,20 @@ async def ensure_topics(
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([NewTopic(n, partitions, replication) for n in missing])
     except KafkaError as exc:
-        raise BrokerError(f"could not ensure topics {names}: {exc}") from exc
+        raise BrokerError(f"could not ensure topics {names}: {exc}{_hint(client_kwargs)}") from exc
     finally:
         await admin.close()
+
+
+def _hint(client_kwargs: dict[str, Any]) -> str:
+    # aiokafka reports a refused SASL login as "Unable to bootstrap"; the broker's reason is on
+    # aiokafka's own log line just before.
+    if client_kwargs.get("sasl_mechanism"):
+        return (
+            " (if the broker refused the login: check PIPELINE_KAFKA_SASL_USERNAME, _PASSWORD"
+            " and _MECHANISM)"
+        )
+    return ""
 
 
 async def partitions_for(client_kwargs: dict[str, Any], topic: str) -> list[int]:

@@ -157,6 +157,7 @@ def test_wrong_password_fails_fast_with_a_clear_error(
         out = (tmp_path / f"{name}.log").read_text()
         assert f"pipeline {command}: could not ensure topics" in out, out
         assert "Authentication failed during authentication due to invalid credentials" in out, out
+        assert "check PIPELINE_KAFKA_SASL_USERNAME, _PASSWORD and _MECHANISM" in out, out
 
 
 async def test_sasl_without_client_certificate_is_refused(
