@@ -247,6 +247,8 @@ class Result:
     checks: dict[str, Check] = field(default_factory=dict)  # the scenario's own assertions
     durations: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # the run itself broke (a fault could not be injected...)
+    # The worker restarting itself (exit 3): offset_gap, progress_stalled, recovery_stalled.
+    self_restarts: dict[str, int] = field(default_factory=dict)
     logdir: str = ""
     log_tail: str = ""  # component and service logs of a failed run
 
@@ -270,6 +272,7 @@ class Result:
         if self.error:
             lines.append(f"  error: {self.error}")
         lines.append(f"  durations: {self.durations}")
+        lines.append(f"  worker self-restarts: {self.self_restarts}")
         lines.append(f"  logs: {self.logdir}")
         if self.log_tail:
             lines.append(self.log_tail)
@@ -284,6 +287,7 @@ class Result:
             "invariants": {k: v.__dict__ for k, v in self.invariants.items()},
             "checks": {k: v.__dict__ for k, v in self.checks.items()},
             "durations": self.durations,
+            "self_restarts": self.self_restarts,
             "error": self.error,
             "logdir": self.logdir,
         }
@@ -1082,6 +1086,7 @@ def run_scenario(
     except Exception as exc:
         res.error = f"{exc!r}\n{traceback.format_exc()[-3000:]}"
     finally:
+        res.self_restarts = count_self_restarts(logdir)
         if not res.ok and run.pipeline is not None:
             res.log_tail = run.p.logs(tail=30) + "\n" + stack.logs(20)
             if keep_failed is not None:
@@ -1096,6 +1101,25 @@ def run_scenario(
     return res
 
 
+SELF_RESTART_EVENTS = ("offset_gap", "progress_stalled", "recovery_stalled")
+
+
+def count_self_restarts(logdir: Path) -> dict[str, int]:
+    """How often a worker of this run exited 3 to be restarted, by reason (from its logs)."""
+    counts: dict[str, int] = {}
+    for path in sorted(logdir.glob("worker*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                event = orjson.loads(line).get("event")
+            except orjson.JSONDecodeError:
+                continue
+            if event in SELF_RESTART_EVENTS:
+                counts[event] = counts.get(event, 0) + 1
+    return counts
+
+
 def merge(results: Iterable[Result]) -> dict[str, dict[str, Any]]:
     """Per scenario: iterations, faults injected, pass/fail counts per invariant and check."""
     table: dict[str, dict[str, Any]] = {}
@@ -1106,6 +1130,7 @@ def merge(results: Iterable[Result]) -> dict[str, dict[str, Any]]:
                 "iterations": 0,
                 "faults": 0,
                 "errors": 0,
+                "restarts": 0,
                 "seconds": 0.0,
                 **{i: [0, 0] for i in (*INVARIANTS, "checks")},
             },
@@ -1113,6 +1138,7 @@ def merge(results: Iterable[Result]) -> dict[str, dict[str, Any]]:
         row["iterations"] += 1
         row["faults"] += len(r.faults)
         row["errors"] += r.error is not None
+        row["restarts"] += sum(r.self_restarts.values())
         row["seconds"] += r.durations.get("total_s", 0.0)
         for i in INVARIANTS:
             c = r.invariants.get(i)
@@ -1127,7 +1153,8 @@ def render_table(results: list[Result], title: str = "chaos") -> Any:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("scenario", "iterations", "faults", *INVARIANTS, "checks", "errors", "mean s"):
+    columns = ("scenario", "iterations", "faults", *INVARIANTS, "checks", "self-restarts")
+    for col in (*columns, "errors", "mean s"):
         table.add_column(col, justify="left" if col == "scenario" else "right")
     for name, row in sorted(merge(results).items()):
         cells = [
@@ -1139,6 +1166,7 @@ def render_table(results: list[Result], title: str = "chaos") -> Any:
             str(row["iterations"]),
             str(row["faults"]),
             *cells,
+            str(row["restarts"]),
             str(row["errors"]),
             f"{row['seconds'] / row['iterations']:.0f}",
         )

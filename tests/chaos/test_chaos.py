@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from chaos_scenarios import BY_NAME, SCENARIOS
-from chaoslib import INVARIANTS, Result, Stack, render_table, run_scenario
+from chaoslib import INVARIANTS, Result, Stack, count_self_restarts, render_table, run_scenario
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +32,18 @@ def chaos_stack(tmp_path_factory: pytest.TempPathFactory, stack_cache_dir: Path)
             from rich.console import Console
 
             Console(width=140).print(render_table(_RESULTS, "chaos (fixed seeds)"))
+
+
+def test_self_restarts_are_counted_from_worker_logs(tmp_path: Path) -> None:
+    (tmp_path / "worker.log").write_text(
+        '{"event":"started"}\n'
+        '{"event":"progress_stalled","partitions":[1]}\n'
+        "[faust] plain text line\n"
+        '{"event":"offset_gap","partition":2}\n'
+    )
+    (tmp_path / "worker2.log").write_text('{"event":"progress_stalled"}\n{broken json\n')
+    (tmp_path / "relay.log").write_text('{"event":"offset_gap"}\n')  # not a worker
+    assert count_self_restarts(tmp_path) == {"progress_stalled": 2, "offset_gap": 1}
 
 
 def test_catalogue_covers_the_faults() -> None:
