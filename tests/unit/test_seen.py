@@ -66,3 +66,21 @@ def test_the_worker_builds_its_table_bounded(tmp_path: object) -> None:
         table.changelog_topic.get_topic_name()
         == "t-propagation-processor-processed-attempts-changelog"
     )
+
+
+async def test_the_worker_consumer_waits_at_most_50_ms_per_fetch(tmp_path: object) -> None:
+    # faust hard-codes fetch_max_wait_ms=1500; the worker shortens it (streams/app.py).
+    from pipeline.streams.app import FETCH_MAX_WAIT_MS
+
+    cfg = Config(
+        database_url="postgresql://x/y",
+        kafka_bootstrap="127.0.0.1:9",
+        provisioner_addr="127.0.0.1:9",
+        data_dir=str(tmp_path),
+    )
+    app = build_app(cfg, Metrics(["tier_elevation"]), port_factory=lambda: None)
+    consumer = app.consumer._thread._create_worker_consumer(app.transport)
+    try:
+        assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS == 50
+    finally:
+        await consumer.stop()
