@@ -131,20 +131,13 @@ def sigkill_relay(run: ChaosRun) -> None:
     #    lets the claim (FOR UPDATE) through and blocks the stamp (UPDATE). While it is held
     #    nothing can fold or stamp, so the published-but-unstamped rows can be counted.
     run.enqueue_burst("burst-b", 300, due_in_s=0.3)
-    with psycopg.connect(run.p.database_url) as lock:
-        lock.execute("LOCK TABLE pending_propagations IN SHARE MODE")
-        try:
-            run.wait_for(
-                "the relay's stamp to wait on the lock",
-                lambda: any(
-                    b[2] == "Lock" for b in run.backends("SET published_attempt = p.attempts + 1")
-                ),
-                timeout=30,
-            )
-            unstamped = _published_unstamped(run, lock)
-            rc = run.stop_component("relay", signal.SIGKILL)
-        finally:
-            lock.rollback()
+    with run.blocked_at(
+        "pending_propagations",
+        "SET published_attempt = p.attempts + 1",
+        "the relay's stamp to wait on the lock",
+    ) as lock:
+        unstamped = _published_unstamped(run, lock)
+        rc = run.stop_component("relay", signal.SIGKILL)
     run.fault(
         "SIGKILL relay after publishing, before its commit", published_unstamped=unstamped, rc=rc
     )
@@ -193,25 +186,18 @@ def _pid_of(raw: bytes) -> int | None:
 def sigkill_projector(run: ChaosRun) -> None:
     """Kill the projector inside its fold transaction (held at the checkpoint write)."""
     _keep_busy(run, 200, 4.0)
-    with psycopg.connect(run.p.database_url) as lock:
-        lock.execute("LOCK TABLE projection_checkpoints IN SHARE MODE")
-        try:
-            run.wait_for(
-                "the projector's checkpoint write to wait on the lock",
-                lambda: any(
-                    b[2] == "Lock" for b in run.backends("INSERT INTO projection_checkpoints")
-                ),
-                timeout=30,
-            )
-            with psycopg.connect(run.p.database_url) as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-                    " WHERE a.query LIKE '%%INSERT INTO projection_checkpoints%%'"
-                    " AND l.locktype = 'transactionid' AND l.granted"
-                ).fetchone()
-            rc = run.stop_component("projector", signal.SIGKILL)
-        finally:
-            lock.rollback()
+    with run.blocked_at(
+        "projection_checkpoints",
+        "INSERT INTO projection_checkpoints",
+        "the projector's checkpoint write to wait on the lock",
+    ):
+        with psycopg.connect(run.p.database_url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE a.query LIKE '%%INSERT INTO projection_checkpoints%%'"
+                " AND l.locktype = 'transactionid' AND l.granted"
+            ).fetchone()
+        rc = run.stop_component("projector", signal.SIGKILL)
     run.fault("SIGKILL projector mid-transaction", open_transaction=bool(row and row[0]), rc=rc)
     time.sleep(run.rng.uniform(0.2, 1.0))
     run.start_component("projector")

@@ -43,7 +43,7 @@ import traceback
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -535,6 +535,27 @@ class ChaosRun:
                 if time.monotonic() > deadline:
                     raise ScenarioError(f"could not reset the group's offsets: {exc!r}") from exc
                 time.sleep(1.0)
+
+    @contextlib.contextmanager
+    def blocked_at(
+        self, table: str, statement: str, what: str
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """Hold a SHARE lock on ``table`` until a session running ``statement`` waits on it.
+
+        Yields the lock's connection (still inside its transaction); the lock is released on
+        exit, so the blocked session goes on unless it was killed meanwhile.
+        """
+        with psycopg.connect(self.p.database_url) as lock:
+            lock.execute(f"LOCK TABLE {table} IN SHARE MODE")
+            try:
+                self.wait_for(
+                    what,
+                    lambda: any(b[2] == "Lock" for b in self.backends(statement)),
+                    timeout=30,
+                )
+                yield lock
+            finally:
+                lock.rollback()
 
     def backends(self, like: str) -> list[tuple[Any, ...]]:
         """(pid, state, wait_event_type, query) of other sessions whose query contains ``like``."""
