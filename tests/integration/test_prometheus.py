@@ -29,12 +29,13 @@ CONFIG = ROOT / "compose" / "prometheus" / "prometheus.yml"
 ALERTS = ROOT / "compose" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "compose" / "grafana" / "dashboards" / "pipeline.json"
 SCRAPE_S = 1
+STEP_S = 1  # of the range queries: Grafana's $__interval
 # Grafana's $__rate_interval: max($__interval + scrape interval, 4 x scrape interval).
-RATE_INTERVAL_S = max(2 * SCRAPE_S, 4 * SCRAPE_S)
+RATE_INTERVAL_S = max(STEP_S + SCRAPE_S, 4 * SCRAPE_S)
 TEMPLATE_VARS = {
     "$__rate_interval": f"{RATE_INTERVAL_S}s",
-    "$__interval": f"{SCRAPE_S}s",
-    "$interval": f"{SCRAPE_S}s",
+    "$__interval": f"{STEP_S}s",
+    "$interval": f"{STEP_S}s",
 }
 # A few of each outcome path of the end-to-end run: every dead-letter reason, an unexpected
 # skip, an unknown kind and applied work (handler latency).
@@ -43,7 +44,7 @@ WORKLOAD = (
     Path_("allowed", 2, ("applied",), False),
     Path_("flakyskip", 2, ("unexpected_skip",) * 2 + ("applied",), True),
     Path_("perm", 2, ("retrying",) * 9 + ("dead_lettered",), False),
-    Path_("unknown", 2, ("retrying",) * 9 + ("unknown_kind_dead_lettered",), False, "UNKNOWN"),
+    Path_("unknown", 2, ("retrying",) * 9 + ("unknown_kind_dead_lettered",), False, kind="UNKNOWN"),
     Path_("invalid", 2, ("dead_lettered",), False, payload={"target_tier": ""}),
 )
 EXPECTED_DEAD_LETTER_ALERTS = {
@@ -169,6 +170,6 @@ def test_every_panel_has_data_and_dead_letters_fire_the_alert(
     empty = [
         (title, expr)
         for title, expr in panel_queries()
-        if not prom.query_range(expr, start, end, SCRAPE_S)
+        if not prom.query_range(expr, start, end, STEP_S)
     ]
     assert not empty, f"panels without data: {empty}"
