@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -128,7 +129,7 @@ def dead_letter_alerts(prom: PrometheusServer) -> set[tuple[str, str]]:
     }
 
 
-def test_every_panel_has_data_and_dead_letters_fire_the_alert(
+def test_panels_have_data_dead_letters_fire_and_a_stopped_component_shows(
     pipeline_and_prometheus: tuple[Pipeline, PrometheusServer], provisioner: FakeProvisioner
 ) -> None:
     p, prom = pipeline_and_prometheus
@@ -173,3 +174,18 @@ def test_every_panel_has_data_and_dead_letters_fire_the_alert(
         if not prom.query_range(expr, start, end, STEP_S)
     ]
     assert not empty, f"panels without data: {empty}"
+
+    # The shipped scrape job is the one PropagationPipelineDown watches: a stopped projector
+    # turns it pending at once (firing would take the rule's 2 minutes).
+    p.signal("projector", signal.SIGTERM)
+
+    def projector_down() -> list[dict[str, Any]]:
+        return [
+            a
+            for a in prom.alerts()
+            if a["labels"]["alertname"] == "PropagationPipelineDown" and a["state"] == "pending"
+        ]
+
+    (down,) = wait_for("PropagationPipelineDown pending", projector_down, prom, p)
+    assert down["labels"]["component"] == "projector"
+    assert down["labels"]["instance"] == f"127.0.0.1:{p.ports['projector']}"
