@@ -172,7 +172,12 @@ def _outcome_log_start(cfg: Config) -> dict[str, Any]:
         doc["error"] = "unknown: set PIPELINE_KAFKA_BOOTSTRAP to read it"
         return doc
     try:
-        at = asyncio.run(earliest_retained(cfg.kafka_client_kwargs(), cfg.outcomes_topic))
+        at = asyncio.run(
+            asyncio.wait_for(earliest_retained(cfg.kafka_client_kwargs(), cfg.outcomes_topic), 10)
+        )
+    except TimeoutError:
+        doc["error"] = "unknown: Kafka did not answer within 10 s"
+        return doc
     except PipelineError as exc:
         doc["error"] = f"unknown: {exc}"
         return doc

@@ -90,6 +90,12 @@ def test_rebuild_on_a_trimmed_log(make_pipeline: Callable[..., Pipeline]) -> Non
     refused = run_cli(p, "--rebuild", "--from-beginning", "--dry-run", rc=5)["stderr"]
     assert f"{len(trimmed)} rows have outcome history" in refused, refused
     assert "--covered-only" in refused
+    # A rebuild from a later point needs even more history; one offset for every partition.
+    later = sum(1 for _q, off in first.values() if off < CUT + 2)
+    refused = run_cli(p, "--rebuild", f"--from-offset={CUT + 2}", "--dry-run", rc=5)["stderr"]
+    assert f"refusing to rebuild: {later} rows" in refused, refused
+    refused = run_cli(p, "--rebuild", "--from-offset=0:7", rc=2)["stderr"]
+    assert "--rebuild reads every partition" in refused
     dry = run_cli(p, "--rebuild", "--covered-only", "--dry-run")
     assert dry["committed"] is False
     assert (dry["rows_reset"], dry["rows_kept"], dry["rows_differing"]) == (
