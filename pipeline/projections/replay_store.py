@@ -125,6 +125,9 @@ ORDER BY p.id
 # the projection lock and without locking a row the live pipeline writes.
 SHADOW_SQL = (
     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ WRITE",
+    # pg_temp is searched first by default; a search_path that lists it later must not
+    # send a dry run's writes to the real tables.
+    "SELECT set_config('search_path', 'pg_temp, ' || current_setting('search_path'), true)",
     "CREATE TEMP TABLE pending_propagations ON COMMIT DROP AS SELECT * FROM pending_propagations",
     "ALTER TABLE pg_temp.pending_propagations ADD PRIMARY KEY (id)",
     "CREATE TEMP TABLE propagation_audit ON COMMIT DROP AS SELECT * FROM propagation_audit",
@@ -133,6 +136,11 @@ SHADOW_SQL = (
     " SELECT * FROM projection_checkpoints",
     "ALTER TABLE pg_temp.projection_checkpoints ADD PRIMARY KEY (projection, topic, partition)",
 )
+SHADOWED_SQL = """
+SELECT count(*) FROM unnest(ARRAY['pending_propagations', 'propagation_audit',
+    'projection_checkpoints']) AS t(name)
+WHERE to_regclass(t.name) IS DISTINCT FROM to_regclass('pg_temp.' || t.name)
+"""
 
 COUNT_AUDIT_SQL = "SELECT count(*) FROM propagation_audit"
 
@@ -199,8 +207,13 @@ class ReplayStore:
             async with self._conn.cursor() as cur:
                 for sql in SHADOW_SQL:
                     await cur.execute(sql)
+                # Checked, not assumed: a dry run must never write to the real tables.
+                await cur.execute(SHADOWED_SQL)
+                row = await cur.fetchone()
         except psycopg.Error as exc:
             raise StoreError(f"dry run snapshot failed: {exc}") from exc
+        if not row or row[0]:
+            raise StoreError("dry run refused: the private copies do not shadow the real tables")
 
     async def classify(self, topic: str, read: dict[int, tuple[int, int]]) -> dict[str, int]:
         """Rows with outcome history, counted by where it starts against the range read."""
