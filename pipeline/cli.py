@@ -25,6 +25,8 @@ _SETTING_HELP = {
     "relay_batch_size": "rows the relay claims per transaction",
     "relay_poll_interval": "seconds between relay polls when no NOTIFY arrives",
     "worker_concurrency": "commands a worker keeps in flight (one at a time per resource)",
+    "outcome_retention": "retention of the outcome log when created: forever (default) or 90d",
+    "command_retention": "retention of the command topic when created (default 7d)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 

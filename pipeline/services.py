@@ -73,7 +73,10 @@ def run_relay(cfg: Config) -> int:
 
     async def main(stop: asyncio.Event) -> None:
         kw = cfg.kafka_client_kwargs()
-        await ensure_topics(kw, [cfg.commands_topic, cfg.outcomes_topic], cfg.partitions)
+        await ensure_topics(
+            kw, [cfg.commands_topic, cfg.outcomes_topic], cfg.partitions,
+            configs=cfg.topic_configs(),
+        )  # fmt: skip
         producer = make_producer(kw)
         await producer.start()
         relay = Relay(
@@ -116,7 +119,10 @@ def run_projector(cfg: Config) -> int:
 
     async def main(stop: asyncio.Event) -> None:
         kw = cfg.kafka_client_kwargs()
-        await ensure_topics(kw, [cfg.commands_topic, cfg.outcomes_topic], cfg.partitions)
+        await ensure_topics(
+            kw, [cfg.commands_topic, cfg.outcomes_topic], cfg.partitions,
+            configs=cfg.topic_configs(),
+        )  # fmt: skip
         projector = Projector(
             database_url=cfg.database_url,
             client_kwargs=kw,

@@ -17,6 +17,7 @@ import orjson
 from pipeline.errors import PipelineError, StoreError
 
 if TYPE_CHECKING:
+    from pipeline.config import Config
     from pipeline.lag import LagReport, Source
 
 
@@ -126,8 +127,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             report = status_store.status(conn)
     except psycopg.Error as exc:
         raise StoreError(f"cannot read status: {exc}") from exc
+    log_start = _outcome_log_start(cfg)
     if args.json:
-        _print_json(report.to_dict())
+        _print_json({**report.to_dict(), "outcome_log": log_start})
         return 0
     columns = ["kind", *status_store.STATES]
     rows = [
@@ -142,6 +144,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     footer = [
         f"oldest pending: {oldest}",
         f"dead-lettered in the last hour: {report.dead_lettered_last_hour}",
+        f"outcome log {log_start['topic']}: earliest retained record "
+        + (log_start["error"] or log_start["earliest_retained"] or "none (empty log)")
+        + " (a replay or rebuild reaches back no further)",
     ]
     if sys.stdout.isatty():
         from rich.console import Console
@@ -155,6 +160,29 @@ def cmd_status(args: argparse.Namespace) -> int:
         for line in footer:
             print(line)
     return 0
+
+
+def _outcome_log_start(cfg: Config) -> dict[str, Any]:
+    """How far back the outcome log reaches; an error is shown, not raised (status is DB-first)."""
+    from pipeline.events import iso
+    from pipeline.lag import earliest_retained
+
+    doc: dict[str, Any] = {"topic": cfg.outcomes_topic, "earliest_retained": None, "error": None}
+    if not cfg.kafka_bootstrap:
+        doc["error"] = "unknown: set PIPELINE_KAFKA_BOOTSTRAP to read it"
+        return doc
+    try:
+        at = asyncio.run(
+            asyncio.wait_for(earliest_retained(cfg.kafka_client_kwargs(), cfg.outcomes_topic), 10)
+        )
+    except TimeoutError:
+        doc["error"] = "unknown: Kafka did not answer within 10 s"
+        return doc
+    except PipelineError as exc:
+        doc["error"] = f"unknown: {exc}"
+        return doc
+    doc["earliest_retained"] = iso(at) if at else None
+    return doc
 
 
 # --- retry ------------------------------------------------------------------------------
@@ -265,7 +293,13 @@ def _lag_rows(report: LagReport) -> list[list[str]]:
 
 
 def _lag_footer(report: LagReport) -> list[str]:
+    from pipeline.events import iso
+
     lines = [f"missing topic: {t}" for t in report.topics_missing]
+    lines += [
+        f"{t}: earliest retained record {iso(at) if at else 'none (empty)'}"
+        for t, at in sorted(report.earliest_retained.items())
+    ]
     if report.outbox is not None:
         lines.append(
             f"outbox: {report.outbox.due_unpublished} due unpublished, oldest "

@@ -12,7 +12,11 @@ from pipeline.errors import BrokerError
 
 
 async def ensure_topics(
-    client_kwargs: dict[str, Any], names: list[str], partitions: int, replication: int = 1
+    client_kwargs: dict[str, Any],
+    names: list[str],
+    partitions: int,
+    replication: int = 1,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> None:
     admin = AIOKafkaAdminClient(**client_kwargs)
     try:
@@ -22,7 +26,12 @@ async def ensure_topics(
         if missing:
             # another component may have created it first
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(n, partitions, replication) for n in missing])
+                await admin.create_topics(
+                    [
+                        NewTopic(n, partitions, replication, topic_configs=(configs or {}).get(n))
+                        for n in missing
+                    ]
+                )
     except KafkaError as exc:
         raise BrokerError(f"could not ensure topics {names}: {exc}{_hint(client_kwargs)}") from exc
     finally:

@@ -410,6 +410,7 @@ def run_worker(
             cfg.kafka_client_kwargs(),
             [cfg.commands_topic, cfg.outcomes_topic],
             cfg.partitions,
+            configs=cfg.topic_configs(),
         )
     )
     app = build_app(cfg, metrics, port_factory, health)
