@@ -82,12 +82,12 @@ def differing_schemas(published: Path, packaged: Path) -> list[str]:
     pub, pkg = files(published), files(packaged)
     out = [f"{name}: not in {packaged}" for name in sorted(pub.keys() - pkg.keys())]
     out += [f"{name}: not in {published}" for name in sorted(pkg.keys() - pub.keys())]
-    out += [f"{name}: differs" for name in sorted(pub.keys() & pkg.keys()) if pub[name] != pkg[name]]
+    out += [f"{n}: differs" for n in sorted(pub.keys() & pkg.keys()) if pub[n] != pkg[n]]
     return out
 
 
 def find_python(minor: str) -> str | None:
-    """An interpreter of ``3.X``: pyenv's (part of the machine image), else ``python3.X`` on PATH."""
+    """An interpreter of ``3.X``: pyenv's (in the machine image), else ``python3.X`` on PATH."""
     candidates = sorted(
         (Path.home() / ".pyenv" / "versions").glob(f"{minor}.*/bin/python{minor}"), reverse=True
     )
