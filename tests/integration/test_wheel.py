@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import tarfile
@@ -26,6 +25,8 @@ import orjson
 import psycopg
 import pytest
 from distribution import PACKAGE_DATA, ROOT, find_python, supported_pythons, version
+
+from pipeline.stack import procs
 
 pytestmark = pytest.mark.integration
 
@@ -254,10 +255,6 @@ def _run_and_apply_one(user: _User) -> None:
             ("outcome", f"{prefix}propagation-outcomes", 1, "applied"),
         ], shown
     finally:
-        run.send_signal(signal.SIGTERM)
-        try:
-            assert run.wait(timeout=90) == 0, f"pipeline run: {log_path.read_text()[-5000:]}"
-        except subprocess.TimeoutExpired:
-            run.kill()
-            run.wait()
-            raise
+        procs.terminate(run.pid, timeout=90)  # SIGTERM; SIGKILL if it has not gone by then
+        rc = run.wait(timeout=30)
+    assert rc == 0, f"pipeline run did not stop cleanly on SIGTERM\n{log_path.read_text()[-5000:]}"
