@@ -28,7 +28,9 @@ from distribution import PACKAGE_DATA, ROOT, find_python, supported_pythons, ver
 
 from pipeline.stack import procs
 
-pytestmark = pytest.mark.integration
+# Three venvs are made at once and two stacks started; on a loaded machine that has taken 5
+# minutes (about 75 s of CPU), hence more than the default 600 s for the first test.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 SUPPORTED = supported_pythons()
 ENDS = sorted({SUPPORTED[0], SUPPORTED[-1]})
@@ -216,18 +218,8 @@ def _run_and_apply_one(user: _User) -> None:
             ["pipeline", "run"], cwd=user.cwd, env=user.env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
-        (pid,) = user.pipeline(
-            "enqueue",
-            "tier_elevation",
-            "--team",
-            "acme",
-            "--resource-type",
-            "postgres",
-            "--resource-id",
-            "db-1",
-            "--target-tier",
-            "pro",
-        ).split()
+        enqueue = "enqueue tier_elevation --team acme --resource-type postgres --resource-id db-1"
+        (pid,) = user.pipeline(*enqueue.split(), "--target-tier", "pro").split()
         deadline = time.monotonic() + 180
         while user.json("status")["totals"]["applied"] != 1:
             assert run.poll() is None, f"pipeline run exited\n{log_path.read_text()[-5000:]}"
