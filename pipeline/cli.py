@@ -7,6 +7,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
 from pipeline.config import REQUIRED_FOR_ALL, Config
@@ -131,6 +132,10 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     return 0
 
 
+def version() -> str:
+    return metadata.version("pipeline")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Component imports stay inside the command functions so `pipeline --help` stays fast.
     from pipeline import demo, fake_provisioner, history, tail
@@ -149,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Start with `pipeline dev up`, then `pipeline migrate` and `pipeline run`."
         ),
     )
+    # Defined once, in pyproject.toml; read from the installed distribution's metadata.
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
