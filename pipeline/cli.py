@@ -26,6 +26,9 @@ _SETTING_HELP = {
     "relay_poll_interval": "seconds between relay polls when no NOTIFY arrives",
     "worker_concurrency": "commands a worker keeps in flight (one at a time per resource)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "ui_host": "address `pipeline ui` binds to (default 127.0.0.1)",
+    "ui_port": "port of `pipeline ui` (default 9480)",
+    "ui_token": "token that unlocks console actions (prefer PIPELINE_UI_TOKEN: flags show in ps)",
 }
 
 
@@ -136,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.bench import cli as bench
     from pipeline.projections import replay
     from pipeline.stack import dev
+    from pipeline.ui import cli as ui
 
     settings = _config_options()
     parser = argparse.ArgumentParser(
@@ -206,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_parser(sub)
     operator_status.add_parser(sub)
     fake_provisioner.add_parser(sub)
+    ui.add_parser(sub)
     return parser
 
 

@@ -71,6 +71,10 @@ class Config:
     provisioner_tls_key: str | None = None
     provisioner_batch: int = 64
     data_dir: str = ".pipeline-data"
+    # `pipeline ui`: read-only unless a token is set; actions need it.
+    ui_host: str = "127.0.0.1"
+    ui_port: int = 9480
+    ui_token: Secret | None = None
 
     @property
     def commands_topic(self) -> str:
@@ -174,6 +178,10 @@ class Config:
             problems.append("PIPELINE_WORKER_CONCURRENCY must be between 1 and 4096")
         if not 0 <= self.provisioner_batch <= 1000:
             problems.append("PIPELINE_PROVISIONER_BATCH must be between 0 and 1000 (0 = off)")
+        if not 0 <= self.ui_port <= 65535:
+            problems.append("PIPELINE_UI_PORT must be a port number (0 = any free port)")
+        if self.ui_token is not None and len(self.ui_token) < 16:
+            problems.append("PIPELINE_UI_TOKEN must be at least 16 characters (value not shown)")
         if self.kafka_security_protocol not in SECURITY_PROTOCOLS:
             problems.append(f"PIPELINE_KAFKA_SECURITY_PROTOCOL must be one of {SECURITY_PROTOCOLS}")
         if self.kafka_security_protocol.startswith("SASL"):
@@ -205,9 +213,10 @@ _INTS = {
     "relay_batch_size",
     "worker_concurrency",
     "provisioner_batch",
+    "ui_port",
 }
 _FLOATS = {"backoff_scale", "relay_poll_interval"}
-_SECRETS = {"kafka_sasl_password"}
+_SECRETS = {"kafka_sasl_password", "ui_token"}
 
 
 def _coerce(name: str, raw: Any) -> Any:
