@@ -27,6 +27,7 @@ from pipeline import logs
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.ui.security import Guard, SecurityHeaders
+from pipeline.ui.snapshots import Snapshotter
 
 _log = logs.get("ui")
 REPLAY_CURSOR_SUFFIX = "#replay"  # pipeline.projections.replay.CURSOR_SUFFIX
@@ -49,6 +50,7 @@ class ConsoleState:
     guard: Guard
     pool: ConnectionPool[Any]
     lag: Any  # pipeline.lag.LagMonitor; .last is the latest report (None until measured)
+    snapshots: Snapshotter  # the overview's counts and chart, measured in the background
     log_scan_limit: int = LOG_SCAN_LIMIT
 
 
@@ -95,6 +97,7 @@ async def _pipeline_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(cfg: Config, *, lag_interval: float = 5.0) -> Starlette:
+    """The console; ``lag_interval`` paces the lag and overview measurements."""
     from pipeline import lag
     from pipeline.metrics import Metrics
     from pipeline.ui import pages
@@ -122,20 +125,27 @@ def create_app(cfg: Config, *, lag_interval: float = 5.0) -> Starlette:
         open=False,
     )
     console = ConsoleState(
-        cfg, Guard(cfg.ui_token.reveal() if cfg.ui_token else None), pool, monitor
+        cfg,
+        Guard(cfg.ui_token.reveal() if cfg.ui_token else None),
+        pool,
+        monitor,
+        Snapshotter(pool, lag_interval),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(pool.open, True, 30.0)
         stop = asyncio.Event()
-        task = asyncio.create_task(monitor.run(stop))
+        tasks = [
+            asyncio.create_task(monitor.run(stop)),
+            asyncio.create_task(console.snapshots.run(stop)),
+        ]
         logs.event(_log, "started", read_only=console.guard.read_only)
         try:
             yield
         finally:
             stop.set()
-            await task
+            await asyncio.gather(*tasks)
             await asyncio.to_thread(pool.close)
 
     app = Starlette(

@@ -58,12 +58,13 @@ def _conn(st: ConsoleState) -> Iterator[psycopg.Connection[Any]]:
 
 def _overview(request: Request) -> dict[str, Any]:
     st = state(request)
-    with _conn(st) as conn:
-        report = status_store.status(conn)
-        series = console_store.outcomes_per_minute(conn)
+    snap = st.snapshots.last or st.snapshots.take()  # the first view may precede the first
+    report, series = snap.status, snap.outcomes
     lag = st.lag.last
     cursor = st.cfg.projection_name + REPLAY_CURSOR_SUFFIX
     return {
+        "snapshot": snap,
+        "snapshot_failing": st.snapshots.failing,
         "report": report,
         "totals": report.totals(),
         "states": status_store.STATES,
