@@ -134,7 +134,9 @@ def create_app(cfg: Config, *, lag_interval: float = 5.0) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await asyncio.to_thread(pool.open, True, 30.0)
+        # No waiting for the database: a console started while Postgres is down serves the
+        # "data unavailable" page and recovers by itself when it comes back.
+        pool.open(wait=False)
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(monitor.run(stop)),

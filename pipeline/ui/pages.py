@@ -24,6 +24,7 @@ from pipeline.errors import PipelineError, StoreError
 from pipeline.events import DeadLetterReason
 from pipeline.ui.app import REPLAY_CURSOR_SUFFIX, ConsoleState, problem, render, state
 from pipeline.ui.security import Guard
+from pipeline.ui.snapshots import DB_WAIT_SECONDS
 
 _log = logs.get("ui")
 PAGE_SIZE = 50
@@ -47,7 +48,7 @@ def routes() -> list[Route]:
 @contextlib.contextmanager
 def _conn(st: ConsoleState) -> Iterator[psycopg.Connection[Any]]:
     try:
-        with st.pool.connection(timeout=10) as conn:
+        with st.pool.connection(timeout=DB_WAIT_SECONDS) as conn:
             yield conn
     except psycopg.Error as exc:  # the pool's own errors (timeouts) are psycopg errors too
         raise StoreError(f"console database connection failed: {exc}") from exc

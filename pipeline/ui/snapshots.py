@@ -24,6 +24,7 @@ from pipeline.errors import PipelineError, StoreError
 from pipeline.events import utcnow
 
 _log = logs.get("ui.snapshots")
+DB_WAIT_SECONDS = 5.0  # how long a page or a measurement waits for a database connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ class Snapshotter:
         """One measurement (blocking): what ``pipeline status`` shows, plus the chart."""
         started = time.perf_counter()
         try:
-            with self._pool.connection(timeout=10) as conn:
+            with self._pool.connection(timeout=DB_WAIT_SECONDS) as conn:
                 report = status_store.status(conn)
                 series = console_store.outcomes_per_minute(conn)
         except psycopg.Error as exc:  # the pool's own (timeouts); the stores translate theirs

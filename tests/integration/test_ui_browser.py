@@ -100,7 +100,14 @@ def _wait(driver: Any, css: str, timeout: float = 60) -> Any:
     )
 
 
+def _no_secrets(html: str) -> None:
+    # Neither the token nor the database's password, URL or login user ever reach a page.
+    for secret in (TOKEN, PASSWORDS["pipeline_operator"], "postgresql://", "_operator_user"):
+        assert secret not in html
+
+
 def _no_console_errors(driver: Any) -> None:
+    _no_secrets(driver.page_source)
     # CSP violations and script errors show up as SEVERE entries of the browser log.
     severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == []
@@ -115,6 +122,7 @@ def test_console_finds_retries_and_escapes(stack: Stack) -> None:
             _hostile_strings_stay_inert(driver, console, hostile)
             _refused_without_token(driver, console, p, hostile)
             _retry_as_operator(driver, console, stack)
+            _replays_show_the_lock_holder(driver, console)
     finally:
         console.stop()
     assert "Traceback" not in console.log()
@@ -229,6 +237,16 @@ def _retry_as_operator(driver: Any, console: Console, stack: Stack) -> None:
     _no_console_errors(driver)
 
 
+def _replays_show_the_lock_holder(driver: Any, console: Console) -> None:
+    driver.get(console.url + "/replays")
+    # The live projector holds the projection lock while it runs.
+    assert _wait(driver, "#lock").text.startswith("held by pid ")
+    assert "no incremental replay position is saved" in _text(driver, "#replay-cursor")
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#projector tbody tr")) == 3
+    screenshot(driver, "replays")
+    _no_console_errors(driver)
+
+
 def test_read_only_console_refuses_actions(make_pipeline: Callable[..., Pipeline]) -> None:
     p = make_pipeline()  # migrated; no component needed to be refused
     create_roles(p.database_url, {"pipeline_operator": PASSWORDS["pipeline_operator"]})
@@ -247,5 +265,25 @@ def test_read_only_console_refuses_actions(make_pipeline: Callable[..., Pipeline
         assert (status, "Read-only console" in html) == (403, True)
         status, _html, _h = client.post("/login", [("csrf", csrf), ("token", "anything")])
         assert status == 403
+    finally:
+        console.stop()
+
+
+def test_console_without_its_database_hides_the_connection_details(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    p = make_pipeline()
+    env = p.env()
+    wrong = "pw-wrong-" + PASSWORDS["pipeline_operator"]
+    env["PIPELINE_DATABASE_URL"] = url_for(p.database_url, "pipeline_operator").replace(
+        PASSWORDS["pipeline_operator"], wrong
+    )
+    console = Console(env, p.logdir, "ui-no-db")  # it starts without its database
+    try:
+        for path in ("/", "/dead-letters", "/propagations/1", "/propagations?q=team"):
+            status, html, headers = Client(console.url).get(path)
+            assert (status, "Data unavailable" in html) == (503, True), path
+            assert wrong not in html and "postgresql://" not in html and "127.0.0.1" not in html
+            assert headers["x-content-type-options"] == "nosniff"
     finally:
         console.stop()
