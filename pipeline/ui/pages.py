@@ -290,7 +290,9 @@ async def replays(request: Request) -> Response:
     except psycopg.Error as exc:
         raise StoreError(f"cannot connect for the replay page: {exc}") from exc
     async with conn:
-        holder = await ReplayStore(conn, st.cfg.projection_name).lock_holder()
+        rstore = ReplayStore(conn, st.cfg.projection_name)
+        holder = await rstore.lock_holder()
+        last = await rstore.last_report()
     lag = st.lag.last
     cursor = st.cfg.projection_name + REPLAY_CURSOR_SUFFIX
     rows = [p for p in lag.partitions if p.group == cursor] if lag else []
@@ -304,6 +306,7 @@ async def replays(request: Request) -> Response:
             "live": live,
             "lag": lag,
             "projection": st.cfg.projection_name,
+            "last": last,
         },
     )
 

@@ -1,4 +1,5 @@
--- Indexes of the operator console (`pipeline ui`), so its pages stay fast with millions of rows.
+-- The operator console (`pipeline ui`): indexes that keep its pages fast with millions of rows,
+-- and the stored replay reports its replay page shows.
 -- Outcomes per minute over the last hour: an index-only range scan on the event time.
 CREATE INDEX IF NOT EXISTS propagation_audit_occurred_at_idx
     ON propagation_audit (occurred_at) INCLUDE (outcome);
@@ -14,3 +15,13 @@ CREATE INDEX IF NOT EXISTS pending_propagations_resource_id_idx
 -- Filtered by kind, newest first.
 CREATE INDEX IF NOT EXISTS pending_propagations_failed_kind_idx
     ON pending_propagations (kind, failed_at) WHERE failed_at IS NOT NULL;
+
+-- The last reports of `pipeline replay`, so the console (and anyone) can see how the last
+-- replay went after its terminal is gone. One row per run; the report is the JSON it prints.
+CREATE TABLE IF NOT EXISTS replay_reports (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    projection  text NOT NULL,
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    report      jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS replay_reports_projection_idx ON replay_reports (projection, id);
