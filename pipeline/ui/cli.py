@@ -33,10 +33,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
+        from pipeline.ui.app import create_app
+    except ImportError as exc:
+        raise PipelineError(
+            f"the console needs the ui extra ({exc.name} is missing): pip install 'pipeline[ui]'"
+        ) from exc
     from pipeline.cli import load_config
-    from pipeline.ui.app import create_app
 
     cfg = load_config(args, ("database_url", "kafka_bootstrap"))
     if args.lag_interval <= 0:

@@ -17,7 +17,7 @@ from console import Client, Console, chromium, screenshot
 from harness import Pipeline
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 from test_security_roles import PASSWORDS, url_for
 
 from pipeline.fake_provisioner import FakeProvisioner
@@ -40,6 +40,7 @@ class Stack:
     provisioner: FakeProvisioner
     applied: list[int]
     hostile: int
+    other: int  # a second dead letter
 
 
 @pytest.fixture
@@ -63,11 +64,15 @@ def stack(make_pipeline: Callable[..., Pipeline], provisioner: FakeProvisioner) 
             "xss-1",
             {"target_tier": HOSTILE_TIER},
         )
+        # A second dead letter, so the list's "select all" retries more than one.
+        other = enqueue(
+            conn, "tier_demotion", "team-ui", "postgres", "xss-2", {"target_tier": "dev"}
+        )
     p.start()
-    rows = p.wait_terminal([*ok, hostile])
-    assert rows[hostile]["failed_at"] is not None, rows[hostile]
+    rows = p.wait_terminal([*ok, hostile, other])
+    assert rows[hostile]["failed_at"] is not None and rows[other]["failed_at"] is not None
     assert all(rows[i]["applied_at"] is not None for i in ok)
-    return Stack(p, provisioner, ok, hostile)
+    return Stack(p, provisioner, ok, hostile, other)
 
 
 def _console_env(p: Pipeline, token: str | None) -> dict[str, str]:
@@ -134,13 +139,13 @@ def _overview_matches_database(driver: Any, console: Console, p: Pipeline) -> No
     _wait(driver, "#lag tbody tr")  # the first lag measurement arrived
     db = _db_counts(p.database_url)
     assert _text(driver, "#total-applied") == str(db["applied"]) == "5"
-    assert _text(driver, "#total-dead_lettered") == str(db["dead_lettered"]) == "1"
+    assert _text(driver, "#total-dead_lettered") == str(db["dead_lettered"]) == "2"
     for state in ("pending", "in_flight", "retrying"):
         assert _text(driver, f"#total-{state}") == "0"
-    assert _text(driver, "#dead-last-hour") == "1"
+    assert _text(driver, "#dead-last-hour") == "2"
     cell = "#counts td[data-kind='tier_elevation'][data-state='applied']"
     assert _text(driver, cell) == "4"
-    assert _text(driver, "#hour-dead_lettered") == "1"
+    assert _text(driver, "#hour-dead_lettered") == "2"
     # Lag: one row per partition of each consumer (3 partitions, 2 consumers) + 2 totals.
     assert len(driver.find_elements(By.CSS_SELECTOR, "#lag tbody tr")) == 3 * 2 + 2
     # The page refreshes itself: wait for one refresh, then the counts are still right.
@@ -205,31 +210,41 @@ def _refused_without_token(driver: Any, console: Console, p: Pipeline, hostile: 
 
 
 def _retry_as_operator(driver: Any, console: Console, stack: Stack) -> None:
-    p, hostile = stack.p, stack.hostile
+    p, hostile, other = stack.p, stack.hostile, stack.other
     driver.get(console.url + "/dead-letters")
     login = driver.find_element(By.ID, "login")
     login.find_element(By.NAME, "token").send_keys(TOKEN + "\n")
     assert _wait(driver, "#mode").text == "operator"
-    stack.provisioner.set_rules([])  # the cause is fixed; now the retry can succeed
-    driver.find_element(By.CSS_SELECTOR, f"input[name=id][value='{hostile}']").click()
+    # The filter narrows the list: by kind, only the second dead letter is left.
+    Select(driver.find_element(By.NAME, "kind")).select_by_value("tier_demotion")
+    driver.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
+    _wait(driver, f"#dead-letters tr[data-id='{other}']")
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#dead-letters tbody tr")) == 1
+    driver.find_element(By.LINK_TEXT, "clear").click()
+    _wait(driver, f"#dead-letters tr[data-id='{hostile}']")
+    stack.provisioner.set_rules([])  # the cause is fixed; now the retries can succeed
+    driver.find_element(By.ID, "select-all").click()  # both dead letters
     driver.find_element(By.ID, "retry-operator").send_keys("alice")
     driver.find_element(By.ID, "retry-reason").send_keys("skip rule removed")
     driver.find_element(By.ID, "retry-submit").click()
-    result = _wait(driver, "#retry-results tbody tr")
-    assert result.text.startswith(f"{hostile} retried attempt 3 due now, fresh attempt budget")
+    _wait(driver, "#retry-results tbody tr")
+    results = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#retry-results tbody tr")]
+    assert results == [
+        f"{i} retried attempt 3 due now, fresh attempt budget (audit #{n})"
+        for n, i in enumerate(sorted((hostile, other)), 1)
+    ]
     with psycopg.connect(p.database_url) as conn:
         actions = conn.execute(
-            "SELECT action, reason, actor FROM propagation_operator_actions"
-            " WHERE propagation_id = %s",
-            (hostile,),
+            "SELECT propagation_id, action, reason, actor FROM propagation_operator_actions"
+            " ORDER BY id"
         ).fetchall()
-    assert actions == [("retry_dead_lettered", "skip rule removed", "alice")]
-    row = p.wait_terminal([hostile])[hostile]
-    assert (row["applied_at"] is not None, row["attempts"], row["attempt_budget_base"]) == (
-        True,
-        3,
-        2,
-    )
+    assert actions == [
+        (i, "retry_dead_lettered", "skip rule removed", "alice") for i in sorted((hostile, other))
+    ]
+    rows = p.wait_terminal([hostile, other])
+    for i in (hostile, other):
+        assert (rows[i]["applied_at"] is not None, rows[i]["attempts"]) == (True, 3)
+        assert rows[i]["attempt_budget_base"] == 2  # the budget restarted at the retry
     driver.get(f"{console.url}/propagations/{hostile}")
     assert _wait(driver, "#state").text == "applied"
     assert "alice" in _text(driver, "#actions") and "skip rule removed" in _text(driver, "#actions")
