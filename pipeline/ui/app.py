@@ -11,7 +11,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from psycopg_pool import ConnectionPool
@@ -28,6 +28,9 @@ from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.ui.security import Guard, SecurityHeaders
 from pipeline.ui.snapshots import Snapshotter
+
+if TYPE_CHECKING:
+    from pipeline.lag import LagMonitor
 
 _log = logs.get("ui")
 REPLAY_CURSOR_SUFFIX = "#replay"  # pipeline.projections.replay.CURSOR_SUFFIX
@@ -49,7 +52,7 @@ class ConsoleState:
     cfg: Config
     guard: Guard
     pool: ConnectionPool[Any]
-    lag: Any  # pipeline.lag.LagMonitor; .last is the latest report (None until measured)
+    lag: LagMonitor  # .last is the latest report (None until the first measurement)
     snapshots: Snapshotter  # the overview's counts and chart, measured in the background
     log_scan_limit: int = LOG_SCAN_LIMIT
 

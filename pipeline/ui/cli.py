@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=float,
         default=5.0,
         metavar="S",
-        help="seconds between consumer-lag measurements (default 5)",
+        help="seconds between lag and overview measurements (default 5; longer when slow)",
     )
     p.set_defaults(func=cmd_ui)
 

@@ -52,7 +52,8 @@ def test_csrf_token_must_match_the_cookie_nonce_and_origin() -> None:
     assert not guard.csrf_ok(request(), token)
     assert not guard.csrf_ok(request({CSRF_COOKIE: "x" * 43}), token)
     assert not guard.csrf_ok(request({CSRF_COOKIE: nonce}), None)
-    assert not guard.csrf_ok(request({CSRF_COOKIE: nonce}), token[:-1] + "0")
+    forged = token[:-1] + ("1" if token.endswith("0") else "0")
+    assert not guard.csrf_ok(request({CSRF_COOKIE: nonce}), forged)
     assert not guard.csrf_ok(request({CSRF_COOKIE: nonce}, origin="http://evil.example"), token)
     assert not guard.csrf_ok(request({CSRF_COOKIE: nonce}, origin="null"), token)
     # Another console process (another key) does not accept this one's tokens.
@@ -176,3 +177,17 @@ def test_ui_settings_keep_the_token_secret() -> None:
         Config.from_env({"PIPELINE_UI_TOKEN": "short"}, ())
     assert "PIPELINE_UI_TOKEN must be at least 16 characters" in str(bad.value)
     assert "short" not in str(bad.value)
+
+
+def test_dead_letter_filters_refuse_bad_input_with_a_clear_message() -> None:
+    from pipeline.ui.pages import BadInput, _choice, _int, _when
+
+    assert _choice("", ("a",), "kind") is None and _choice("a", ("a",), "kind") == "a"
+    with pytest.raises(BadInput, match=r"unknown kind '<x>'; choose one of a, b"):
+        _choice("<x>", ("a", "b"), "kind")
+    assert _when("2026-01-31T14:05", "since") == datetime(2026, 1, 31, 14, 5, tzinfo=UTC)
+    with pytest.raises(BadInput, match="since must be a time like 2026-01-31T14:05"):
+        _when("yesterday", "since")
+    assert _int("42", "after") == 42
+    with pytest.raises(BadInput, match="after must be a propagation id"):
+        _int("1 OR 1=1", "after")
