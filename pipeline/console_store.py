@@ -32,29 +32,51 @@ ORDER BY 1, 2
 
 WINDOW_START_SQL = "SELECT date_trunc('minute', now()) - interval '59 minutes'"
 
-# The terminal audit row of a dead letter carries why (dead_letter_reason) and, after
-# unexpected skips, the skip's bucket; the outbox row keeps only the last reason's text.
-DEAD_LETTERS_SQL = """
+# Two shapes, each walking an index newest first and stopping at a page. The terminal audit
+# row of a dead letter carries why (dead_letter_reason) and, after unexpected skips, the skip's
+# bucket; the outbox row keeps only the last reason's text. Its occurred_at is the row's
+# failed_at (the fold copies it), which ties a row to its latest dead-letter event.
+_COLUMNS = """
 SELECT p.id, p.kind::text AS kind, p.team_id, p.resource_type, p.resource_id, p.attempts,
        p.failed_at, p.last_outcome, p.last_error, p.last_skip_reason,
        a.dead_letter_reason, a.skip_reason_bucket
+"""
+_DEAD_OUTCOMES = "('dead_lettered', 'unknown_kind_dead_lettered')"
+
+# Unfiltered or by kind and time: from the outbox's failed_at indexes.
+DEAD_LETTERS_SQL = f"""
+{_COLUMNS}
 FROM pending_propagations p
 LEFT JOIN LATERAL (
     SELECT dead_letter_reason, skip_reason_bucket FROM propagation_audit a
-    WHERE a.propagation_id = p.id
-      AND a.outcome IN ('dead_lettered', 'unknown_kind_dead_lettered')
+    WHERE a.propagation_id = p.id AND a.outcome IN {_DEAD_OUTCOMES}
     ORDER BY a.attempt DESC
     LIMIT 1
 ) a ON true
-WHERE p.failed_at IS NOT NULL {filters}
+WHERE p.failed_at IS NOT NULL {{filters}}
 ORDER BY p.failed_at DESC, p.id DESC
-LIMIT {limit}
+LIMIT {{limit}}
+"""
+
+# By reason or skip bucket: from the audit's dead-letter indexes (0004), so a filter that
+# matches few or none reads few, instead of checking every dead letter's audit row.
+# OFFSET 0 keeps the row lookup a subquery: joined flat, the planner misjudges the failed_at
+# match and sorts every candidate instead of walking the index in order.
+DEAD_LETTERS_BY_AUDIT_SQL = f"""
+{_COLUMNS}
+FROM propagation_audit a
+CROSS JOIN LATERAL (
+    SELECT * FROM pending_propagations p
+    WHERE p.id = a.propagation_id AND p.failed_at = a.occurred_at
+    OFFSET 0
+) p
+WHERE a.outcome IN {_DEAD_OUTCOMES} {{filters}}
+ORDER BY a.occurred_at DESC, a.propagation_id DESC
+LIMIT {{limit}}
 """
 
 # Keyset paging: the next page starts after the last row shown (failed_at, id).
-AFTER_SQL = (
-    "(p.failed_at, p.id) < (SELECT failed_at, id FROM pending_propagations WHERE id = {after})"
-)
+AFTER_SQL = "({time}, {id}) < (SELECT failed_at, id FROM pending_propagations WHERE id = {after})"
 
 SEARCH_COLUMNS = f"""
 SELECT id, kind::text AS kind, team_id, resource_type, resource_id, attempts, created_at,
@@ -98,27 +120,26 @@ class DeadLetterFilter:
     def query(self) -> tuple[sql.Composed, dict[str, Any]]:
         # Only the conditions asked for go into the statement, so each shape gets its own
         # plan (an "x IS NULL OR ..." catch-all would defeat the indexes).
+        by_audit = bool(self.reason or self.bucket)
+        time, id_ = ("a.occurred_at", "a.propagation_id") if by_audit else ("p.failed_at", "p.id")
         conds: list[sql.Composable] = []
         params: dict[str, Any] = {}
-        for name, column in (
-            ("kind", "p.kind::text"),
-            ("reason", "a.dead_letter_reason"),
-            ("bucket", "a.skip_reason_bucket"),
+        for name, condition in (
+            ("kind", "p.kind = %(kind)s::propagation_kind"),
+            ("reason", "a.dead_letter_reason = %(reason)s"),
+            ("bucket", "a.skip_reason_bucket = %(bucket)s"),
+            ("since", f"{time} >= %(since)s"),
+            ("until", f"{time} < %(until)s"),
         ):
             value = getattr(self, name)
             if value:
-                conds.append(sql.SQL(f"{column} = %({name})s"))
+                conds.append(sql.SQL(condition))
                 params[name] = value
-        if self.since is not None:
-            conds.append(sql.SQL("p.failed_at >= %(since)s"))
-            params["since"] = self.since
-        if self.until is not None:
-            conds.append(sql.SQL("p.failed_at < %(until)s"))
-            params["until"] = self.until
         if self.after is not None:
-            conds.append(sql.SQL(AFTER_SQL).format(after=sql.Literal(self.after)))
+            after = AFTER_SQL.format(time=time, id=id_, after="{after}")
+            conds.append(sql.SQL(after).format(after=sql.Literal(self.after)))
         filters = sql.SQL("").join(sql.SQL(" AND ") + c for c in conds)
-        statement = sql.SQL(DEAD_LETTERS_SQL).format(
+        statement = sql.SQL(DEAD_LETTERS_BY_AUDIT_SQL if by_audit else DEAD_LETTERS_SQL).format(
             filters=filters, limit=sql.Literal(self.limit + 1)
         )
         return statement, params

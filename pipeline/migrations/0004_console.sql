@@ -15,6 +15,13 @@ CREATE INDEX IF NOT EXISTS pending_propagations_resource_id_idx
 -- Filtered by kind, newest first.
 CREATE INDEX IF NOT EXISTS pending_propagations_failed_kind_idx
     ON pending_propagations (kind, failed_at) WHERE failed_at IS NOT NULL;
+-- Filtered by dead-letter reason or skip bucket: the dead-letter events, newest first.
+CREATE INDEX IF NOT EXISTS propagation_audit_dead_reason_idx
+    ON propagation_audit (dead_letter_reason, occurred_at DESC, propagation_id DESC)
+    WHERE outcome IN ('dead_lettered', 'unknown_kind_dead_lettered');
+CREATE INDEX IF NOT EXISTS propagation_audit_dead_bucket_idx
+    ON propagation_audit (skip_reason_bucket, occurred_at DESC, propagation_id DESC)
+    WHERE outcome IN ('dead_lettered', 'unknown_kind_dead_lettered');
 
 -- The last reports of `pipeline replay`, so the console (and anyone) can see how the last
 -- replay went after its terminal is gone. One row per run; the report is the JSON it prints.

@@ -220,6 +220,12 @@ def _retry_as_operator(driver: Any, console: Console, stack: Stack) -> None:
     driver.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
     _wait(driver, f"#dead-letters tr[data-id='{other}']")
     assert len(driver.find_elements(By.CSS_SELECTOR, "#dead-letters tbody tr")) == 1
+    # By reason and skip bucket (the audit-driven query): both, as the pipeline recorded them.
+    driver.get(console.url + "/dead-letters?reason=max_attempts&bucket=other")
+    rows = driver.find_elements(By.CSS_SELECTOR, "#dead-letters tbody tr[data-id]")
+    assert sorted(int(r.get_attribute("data-id")) for r in rows) == sorted((hostile, other))
+    driver.get(console.url + "/dead-letters?reason=unknown_kind")
+    assert "no dead letters match" in _text(driver, "#dead-letters")
     driver.find_element(By.LINK_TEXT, "clear").click()
     _wait(driver, f"#dead-letters tr[data-id='{hostile}']")
     stack.provisioner.set_rules([])  # the cause is fixed; now the retries can succeed

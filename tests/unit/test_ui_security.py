@@ -157,16 +157,25 @@ def test_dead_letter_filter_puts_only_the_asked_conditions_in_the_statement() ->
     statement, params = DeadLetterFilter().query()
     text = statement.as_string(None)
     assert " AND " not in text.split("WHERE p.failed_at IS NOT NULL")[1].split("ORDER BY")[0]
-    assert params == {} and "LIMIT 51" in text
+    assert params == {} and "LIMIT 51" in text and "FROM pending_propagations p" in text
     since = datetime(2026, 1, 1, tzinfo=UTC)
-    statement, params = DeadLetterFilter(
-        kind="tier_elevation", bucket="other", since=since, after=42, limit=10
-    ).query()
+    # By kind and time: the outbox's indexes, the kind compared as the enum (not as text,
+    # which no index serves).
+    statement, params = DeadLetterFilter(kind="tier_elevation", since=since, after=42).query()
     text = statement.as_string(None)
-    assert "p.kind::text = %(kind)s" in text and "a.skip_reason_bucket = %(bucket)s" in text
-    assert "a.dead_letter_reason" not in text.split("WHERE p.failed_at")[1]
-    assert "WHERE id = 42" in text and "LIMIT 11" in text
-    assert params == {"kind": "tier_elevation", "bucket": "other", "since": since}
+    assert "p.kind = %(kind)s::propagation_kind" in text and "p.failed_at >= %(since)s" in text
+    assert (
+        "(p.failed_at, p.id) < (SELECT failed_at, id FROM pending_propagations WHERE id = 42)"
+        in text
+    )
+    assert params == {"kind": "tier_elevation", "since": since}
+    # By skip bucket: walked from the audit's dead-letter index instead.
+    statement, params = DeadLetterFilter(bucket="other", since=since, after=42, limit=10).query()
+    text = statement.as_string(None)
+    assert "FROM propagation_audit a" in text and "a.skip_reason_bucket = %(bucket)s" in text
+    assert "a.occurred_at >= %(since)s" in text and "a.dead_letter_reason =" not in text
+    assert "(a.occurred_at, a.propagation_id) < (SELECT" in text and "WHERE id = 42" in text
+    assert "LIMIT 11" in text and params == {"bucket": "other", "since": since}
 
 
 def test_ui_settings_keep_the_token_secret() -> None:
