@@ -29,6 +29,7 @@ from pipeline.ui.snapshots import DB_WAIT_SECONDS
 _log = logs.get("ui")
 PAGE_SIZE = 50
 MAX_RETRY_IDS = 500  # one form post; more is a replay's job, not a click's
+LOG_SCAN_SECONDS = 10.0  # the propagation page's log scan gives up after this
 
 
 def routes() -> list[Route]:
@@ -241,11 +242,15 @@ async def propagation(request: Request) -> Response:
     with_log = request.query_params.get("log") != "0"
     log_error = False
     try:
-        story = await load_story(st.cfg, pid, scan_limit=st.log_scan_limit, with_log=with_log)
-    except PipelineError as exc:
+        # A broker that is down (or a huge scan) must not hold the page: Postgres alone then.
+        story = await asyncio.wait_for(
+            load_story(st.cfg, pid, scan_limit=st.log_scan_limit, with_log=with_log),
+            LOG_SCAN_SECONDS,
+        )
+    except (PipelineError, TimeoutError) as exc:
         if not with_log or isinstance(exc, StoreError):
             raise
-        logs.event(_log, "log_scan_failed", id=pid, error=str(exc)[:500])
+        logs.event(_log, "log_scan_failed", id=pid, error=str(exc)[:500] or "timed out")
         log_error = True
         story = await load_story(st.cfg, pid, scan_limit=0, with_log=False)
     if story is None:

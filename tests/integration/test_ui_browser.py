@@ -308,3 +308,25 @@ def test_console_without_its_database_hides_the_connection_details(
             assert headers["x-content-type-options"] == "nosniff"
     finally:
         console.stop()
+
+
+def test_console_without_kafka_still_tells_the_postgres_story(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    from pipeline.stack.procs import free_port
+
+    p = make_pipeline()
+    with psycopg.connect(p.database_url) as conn:
+        pid = enqueue(conn, "tier_elevation", "t", "postgres", "db-1", {"target_tier": "pro"})
+    env = {**p.env(), "PIPELINE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"}  # nobody there
+    console = Console(env, p.logdir, "ui-no-kafka")
+    try:
+        client = Client(console.url)
+        status, html, _h = client.get(f"/propagations/{pid}")
+        assert status == 200 and 'id="log-error"' in html
+        assert '<span class="badge state-open" id="state">open</span>' in html
+        status, html, _h = client.get("/")
+        assert status == 200 and 'id="total-pending">1<' in html
+        assert "not measured yet" in html
+    finally:
+        console.stop()
