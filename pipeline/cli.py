@@ -29,6 +29,9 @@ _SETTING_HELP = {
     "outcome_retention": "retention of the outcome log when created: forever (default) or 90d",
     "command_retention": "retention of the command topic when created (default 7d)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "ui_host": "address `pipeline ui` binds to (default 127.0.0.1)",
+    "ui_port": "port of `pipeline ui` (default 9480)",
+    "ui_token": "token that unlocks console actions (prefer PIPELINE_UI_TOKEN: flags show in ps)",
 }
 
 
@@ -143,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.bench import cli as bench
     from pipeline.projections import replay
     from pipeline.stack import dev
+    from pipeline.ui import cli as ui
 
     settings = _config_options()
     parser = argparse.ArgumentParser(
@@ -215,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_parser(sub)
     operator_status.add_parser(sub)
     fake_provisioner.add_parser(sub)
+    ui.add_parser(sub)
     return parser
 
 

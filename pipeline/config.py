@@ -76,6 +76,10 @@ class Config:
     provisioner_tls_key: str | None = None
     provisioner_batch: int = 64
     data_dir: str = ".pipeline-data"
+    # `pipeline ui`: read-only unless a token is set; actions need it.
+    ui_host: str = "127.0.0.1"
+    ui_port: int = 9480
+    ui_token: Secret | None = None
 
     @property
     def commands_topic(self) -> str:
@@ -189,6 +193,10 @@ class Config:
         for name, ms in (("OUTCOME", self.outcome_retention), ("COMMAND", self.command_retention)):
             if ms != -1 and ms < 60_000:
                 problems.append(f"PIPELINE_{name}_RETENTION must be at least 1m, or 'forever'")
+        if not 0 <= self.ui_port <= 65535:
+            problems.append("PIPELINE_UI_PORT must be a port number (0 = any free port)")
+        if self.ui_token is not None and len(self.ui_token) < 16:
+            problems.append("PIPELINE_UI_TOKEN must be at least 16 characters (value not shown)")
         if self.kafka_security_protocol not in SECURITY_PROTOCOLS:
             problems.append(f"PIPELINE_KAFKA_SECURITY_PROTOCOL must be one of {SECURITY_PROTOCOLS}")
         if self.kafka_security_protocol.startswith("SASL"):
@@ -220,9 +228,10 @@ _INTS = {
     "relay_batch_size",
     "worker_concurrency",
     "provisioner_batch",
+    "ui_port",
 }
 _FLOATS = {"backoff_scale", "relay_poll_interval"}
-_SECRETS = {"kafka_sasl_password"}
+_SECRETS = {"kafka_sasl_password", "ui_token"}
 _DURATIONS = {"outcome_retention", "command_retention"}
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 COMPONENTS = {"relay": "relay", "worker": "worker", "projector": "project"}
 ENQUEUE_BATCH = 250
 KEEP_RUNS = 5  # finished runs whose logs are kept; older ones are pruned
+UI_PORT = 9480  # the console's preferred port (the next free one if taken)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -94,6 +95,7 @@ class Demo:
         self.pg = PostgresCluster(self.dir / "postgres", detached=self.keep, run_dir=self.registry)
         self.pids: dict[str, int] = {}
         self.ports: dict[str, int] = {}
+        self.ui_token = ""  # the console's token for this run (set when it starts)
         self.signatures: dict[str, str] = {}
         self.provisioner_admin = ""
 
@@ -126,6 +128,7 @@ class Demo:
             )
             for name in COMPONENTS:
                 self._start_component(name)
+            self._start_console()
             self._say(f"stack up in {time.monotonic() - t0:.1f}s; enqueueing {self.args.count} ...")
             ok = asyncio.run(self._drive(time.monotonic() - t0))
         except KeyboardInterrupt:
@@ -181,8 +184,16 @@ class Demo:
 
     # -- processes ---------------------------------------------------------------------------
 
-    def _spawn(self, name: str, cmd: list[str], port: int, signature: str) -> int:
-        pid = procs.spawn_detached(cmd, self.logs / f"{name}.log", cwd=self.dir, env=self._env())
+    def _spawn(
+        self,
+        name: str,
+        cmd: list[str],
+        port: int,
+        signature: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> int:
+        env = {**self._env(), **(extra_env or {})}
+        pid = procs.spawn_detached(cmd, self.logs / f"{name}.log", cwd=self.dir, env=env)
         owner = None if self.keep else os.getpid()
         record = procs.ServiceRecord(pid, name, port, owner, time.time(), signature)
         procs.register(self.registry, record)
@@ -235,6 +246,31 @@ class Demo:
         cmd = [sys.executable, "-m", "pipeline.cli", COMPONENTS[name], "--topic-prefix", prefix]
         cmd += ["--metrics-port", str(port)]
         self._spawn(name, cmd, port, f"{COMPONENTS[name]} --topic-prefix {prefix}")
+
+    def _start_console(self) -> None:
+        """``pipeline ui`` beside the components, with a fresh token for this run's actions."""
+        import secrets
+
+        port = procs.pick_port(UI_PORT, required=False, taken=list(self.ports.values()))
+        self.ports["console"] = port
+        self.ui_token = secrets.token_urlsafe(18)
+        prefix = self.cfg.topic_prefix
+        cmd = [sys.executable, "-m", "pipeline.cli", "ui", "--topic-prefix", prefix]
+        cmd += ["--ui-port", str(port)]
+        # The token travels in the environment: a flag would show in `ps`.
+        pid = self._spawn(
+            "console",
+            cmd,
+            port,
+            f"ui --topic-prefix {prefix}",
+            {"PIPELINE_UI_TOKEN": self.ui_token},
+        )
+        deadline = time.monotonic() + 60
+        while not procs.port_accepts(port):
+            if not procs.pid_alive(pid) or time.monotonic() > deadline:
+                raise StackError("the console did not start:\n" + self._tail("console"))
+            time.sleep(0.1)
+        self._say(f"console at http://{procs.LOCALHOST}:{port}/")
 
     def _check_components(self) -> None:
         dead = [n for n in COMPONENTS if not procs.pid_alive(self.pids[n])]
@@ -333,6 +369,10 @@ class Demo:
         for name in COMPONENTS:
             if name in self.ports:
                 self._say(f"{name:9} /metrics http://{procs.LOCALHOST}:{self.ports[name]}/metrics")
+        if "console" in self.ports:
+            url = f"http://{procs.LOCALHOST}:{self.ports['console']}/"
+            # The token is this run's own, printed so the operator at this terminal can sign in.
+            self._say(f"console   {url} (sign in with token {self.ui_token} to retry)")
         self._say(f"logs: {self.logs} (kafka: {self.kafka.log_path})")
 
     def _summary(self, results: list[PathResult], startup_s: float, run_s: float) -> None:

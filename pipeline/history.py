@@ -15,11 +15,14 @@ import asyncio
 import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PipelineError
 from pipeline.events import iso, parse_iso
 from pipeline.tail import LogReader, StartPoint
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 CLOCK_SKEW = timedelta(minutes=1)
 
@@ -224,36 +227,52 @@ def render_table(row: dict[str, Any], entries: list[Entry], truncated: bool) -> 
         console.print("log scan stopped at --scan-limit; older or later events may be missing")
 
 
-def _cmd_show(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class Story:
+    """One propagation as ``pipeline show`` and the console tell it."""
+
+    row: dict[str, Any]
+    entries: list[Entry]
+    truncated: bool
+
+
+async def load_story(
+    cfg: Config, propagation_id: int, *, scan_limit: int, with_log: bool = True
+) -> Story | None:
+    """The row, its audit rows and (``with_log``) its events on both topics; None if unknown."""
     from pipeline import history_store
+
+    row, audit = await asyncio.to_thread(history_store.load, cfg.database_url, propagation_id)
+    if row is None:
+        return None
+    commands: list[dict[str, Any]] = []
+    outcomes: list[dict[str, Any]] = []
+    truncated = False
+    if with_log:
+        since = row["created_at"] - CLOCK_SKEW
+        kw = cfg.kafka_client_kwargs()
+        (commands, t1), (outcomes, t2) = await asyncio.gather(
+            scan_topic(kw, cfg.commands_topic, since, propagation_id, scan_limit),
+            scan_topic(kw, cfg.outcomes_topic, since, propagation_id, scan_limit),
+        )
+        truncated = t1 or t2
+    return Story(row, build_entries(audit, commands, outcomes), truncated)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
     from pipeline.cli import load_config
 
     required = ("database_url",) if args.no_log else ("database_url", "kafka_bootstrap")
     cfg = load_config(args, required)
-    row, audit = history_store.load(cfg.database_url, args.id)
-    if row is None:
+    story = asyncio.run(
+        load_story(cfg, args.id, scan_limit=args.scan_limit, with_log=not args.no_log)
+    )
+    if story is None:
         raise PipelineError(f"no propagation {args.id}")
-    commands: list[dict[str, Any]] = []
-    outcomes: list[dict[str, Any]] = []
-    truncated = False
-    if not args.no_log:
-        since = row["created_at"] - CLOCK_SKEW
-        kw = cfg.kafka_client_kwargs()
-
-        async def scan() -> None:
-            nonlocal commands, outcomes, truncated
-            (commands, t1), (outcomes, t2) = await asyncio.gather(
-                scan_topic(kw, cfg.commands_topic, since, args.id, args.scan_limit),
-                scan_topic(kw, cfg.outcomes_topic, since, args.id, args.scan_limit),
-            )
-            truncated = t1 or t2
-
-        asyncio.run(scan())
-    entries = build_entries(audit, commands, outcomes)
     if args.json:
-        render_json(row, entries, truncated, sys.stdout)
+        render_json(story.row, story.entries, story.truncated, sys.stdout)
     else:
-        render_table(row, entries, truncated)
+        render_table(story.row, story.entries, story.truncated)
     return 0
 
 

@@ -6,6 +6,7 @@ the pipeline runs (each migration is one short transaction).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from importlib import resources
 
@@ -29,7 +30,17 @@ def available() -> list[Migration]:
         if entry.name.endswith(".sql"):
             version = int(entry.name.split("_", 1)[0])
             out.append(Migration(version, entry.name, entry.read_text()))
-    return sorted(out, key=lambda m: m.version)
+    out.sort(key=lambda m: m.version)
+    _refuse_duplicate_versions(out)
+    return out
+
+
+def _refuse_duplicate_versions(migrations: list[Migration]) -> None:
+    # schema_migrations is keyed by version: a second file with an applied number would be
+    # skipped silently (two branches that each add the next number, say).
+    for a, b in itertools.pairwise(migrations):
+        if a.version == b.version:
+            raise StoreError(f"two migrations share version {a.version}: {a.name}, {b.name}")
 
 
 def migrate(database_url: str) -> list[str]:

@@ -121,10 +121,20 @@ class Replayer:
                 return await self._replay(conn, rstore, stop)
             await self._lock(rstore, stop)
             try:
-                return await self._replay(conn, rstore, stop)
+                report = await self._replay(conn, rstore, stop)
+                await self._keep(rstore, report)
+                return report
             finally:
                 with contextlib.suppress(StoreError):
                     await rstore.unlock()
+
+    @staticmethod
+    async def _keep(rstore: ReplayStore, report: ReplayReport) -> None:
+        # For `pipeline ui`'s replay page; a role without the grant still gets its replay.
+        try:
+            await rstore.record_report(report.to_dict())
+        except StoreError as exc:
+            logs.event(_log, "report_not_stored", error=str(exc)[:500])
 
     async def _lock(self, rstore: ReplayStore, stop: asyncio.Event) -> None:
         announced = False

@@ -156,6 +156,13 @@ SET next_offset = GREATEST(projection_checkpoints.next_offset, EXCLUDED.next_off
 """
 
 
+RECORD_REPORT_SQL = "INSERT INTO replay_reports (projection, report) VALUES (%s, %s)"
+
+LAST_REPORT_SQL = """
+SELECT finished_at, report FROM replay_reports WHERE projection = %s ORDER BY id DESC LIMIT 1
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class LockHolder:
     pid: int
@@ -268,6 +275,24 @@ class ReplayStore:
                 await cur.execute(CLEAR_CHECKPOINTS_SQL, (cursor, topic))
         except psycopg.Error as exc:
             raise StoreError(f"finishing the replay failed: {exc}") from exc
+
+    async def record_report(self, report: dict[str, Any]) -> None:
+        """Keep a finished run's report (the JSON ``pipeline replay`` prints)."""
+        from psycopg.types.json import Jsonb
+
+        try:
+            await self._conn.execute(RECORD_REPORT_SQL, (self._projection, Jsonb(report)))
+        except psycopg.Error as exc:
+            raise StoreError(f"storing the replay report failed: {exc}") from exc
+
+    async def last_report(self) -> tuple[Any, dict[str, Any]] | None:
+        """(finished_at, report) of the projection's latest replay, or None."""
+        try:
+            cur = await self._conn.execute(LAST_REPORT_SQL, (self._projection,))
+            row = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise StoreError(f"reading the last replay report failed: {exc}") from exc
+        return (row[0], row[1]) if row else None
 
 
 def _range(read: dict[int, tuple[int, int]]) -> tuple[list[int], list[int], list[int]]:

@@ -38,9 +38,11 @@ def test_demo_runs_every_path_to_its_expected_end_and_tears_down(tmp_path: Path)
         assert line.group(0).rstrip().endswith("OK"), line.group(0)
     assert "summary: OK" in result.stdout
     assert "/metrics http://127.0.0.1:" in result.stdout
+    assert "console   http://127.0.0.1:" in result.stdout  # the operator console ran too
     # Torn down: nothing of this run is left in the registry or running.
     (run,) = [d for d in tmp_path.iterdir() if d.is_dir()]
     assert (run / "logs" / "worker.log").is_file()
+    assert "Traceback" not in (run / "logs" / "console.log").read_text()
     assert not (run / "state.json").exists()
     leftovers = [r for r in procs.read_records(procs.default_run_dir()) if str(run) in r.signature]
     assert not [r for r in leftovers if r.matches_process()], leftovers

@@ -1,4 +1,4 @@
-"""Migration 0013 backfills each row's first outcome position from its audit rows.
+"""Migration 0005 backfills each row's first outcome position from its audit rows.
 
 Rows folded before the migration have no first_outcome_* yet; without the backfill every
 one of them would count as ``unknown_provenance`` and every rebuild would refuse.
@@ -24,13 +24,13 @@ VALUES (%s, %s, 'outcome', %s, %s, now(), %s, %s, %s)
 
 def test_backfill_from_the_earliest_audit_row(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        # The schema as it was before 0013, recorded as migrate() records it.
+        # The schema as it was before 0005, recorded as migrate() records it.
         conn.execute(
             "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
         for m in available():
-            if m.version < 13:
+            if m.version < 5:
                 conn.execute(m.sql.encode())
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
@@ -52,7 +52,7 @@ def test_backfill_from_the_earliest_audit_row(database_url: str) -> None:
             (ids[1], "applied", 1, "b-propagation-outcomes", 0, 3),
         ):
             conn.execute(AUDIT, (uuid.uuid4(), pid, outcome, attempt, topic, part, off))
-    assert migrate(database_url) == ["0013_outcome_provenance.sql"]
+    assert migrate(database_url) == ["0005_outcome_provenance.sql"]
     with psycopg.connect(database_url) as conn:
         got = conn.execute(
             "SELECT id, first_outcome_topic, first_outcome_partition, first_outcome_offset"

@@ -2,7 +2,6 @@
 -- partition and the offset of its first folded outcome. A replay resets and refolds only the
 -- rows whose whole history lies in the range it read, on its own topic; every other row (its
 -- first outcome trimmed by retention, or on another prefix's topic) keeps its projection.
--- Numbered 0013 (the issue that added it) so it cannot collide with a parallel 0004.
 ALTER TABLE pending_propagations
     ADD COLUMN IF NOT EXISTS first_outcome_topic text,
     ADD COLUMN IF NOT EXISTS first_outcome_partition integer,

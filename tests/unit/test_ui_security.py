@@ -1,0 +1,202 @@
+"""The console's defences without a server: CSRF, sessions, redirects, headers, escaping."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import jinja2
+import pytest
+from starlette.requests import Request
+
+from pipeline.config import Config
+from pipeline.console_store import DeadLetterFilter
+from pipeline.errors import ConfigError
+from pipeline.ui import app as ui_app
+from pipeline.ui.pages import _local_path
+from pipeline.ui.security import CSRF_COOKIE, HEADERS, SESSION_COOKIE, Guard, SecurityHeaders
+
+TOKEN = "a-console-token-of-some-length"
+HOST = "127.0.0.1:9480"
+
+
+def request(cookies: dict[str, str] | None = None, origin: str | None = None) -> Request:
+    headers = [(b"host", HOST.encode())]
+    if cookies:
+        headers.append((b"cookie", "; ".join(f"{k}={v}" for k, v in cookies.items()).encode()))
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    return Request(
+        {
+            "type": "http",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/retry",
+            "query_string": b"",
+            "headers": headers,
+            "server": ("127.0.0.1", 9480),
+        }
+    )
+
+
+def test_csrf_token_must_match_the_cookie_nonce_and_origin() -> None:
+    guard = Guard(TOKEN)
+    nonce, new = guard.csrf_nonce(request())
+    assert new and len(nonce) == 43
+    token = guard.csrf_token(nonce)
+    assert guard.csrf_ok(request({CSRF_COOKIE: nonce}), token)
+    assert guard.csrf_ok(request({CSRF_COOKIE: nonce}, origin=f"http://{HOST}"), token)
+    # Planted defects, each refused: no cookie, another nonce, no token, a forged token,
+    # a foreign origin, the opaque origin of a sandboxed or no-referrer context.
+    assert not guard.csrf_ok(request(), token)
+    assert not guard.csrf_ok(request({CSRF_COOKIE: "x" * 43}), token)
+    assert not guard.csrf_ok(request({CSRF_COOKIE: nonce}), None)
+    forged = token[:-1] + ("1" if token.endswith("0") else "0")
+    assert not guard.csrf_ok(request({CSRF_COOKIE: nonce}), forged)
+    assert not guard.csrf_ok(request({CSRF_COOKIE: nonce}, origin="http://evil.example"), token)
+    assert not guard.csrf_ok(request({CSRF_COOKIE: nonce}, origin="null"), token)
+    # Another console process (another key) does not accept this one's tokens.
+    assert not Guard(TOKEN).csrf_ok(request({CSRF_COOKIE: nonce}), token)
+
+
+def test_sessions_need_the_token_and_expire() -> None:
+    assert Guard(None).read_only and Guard(None).login(TOKEN) is None
+    guard = Guard(TOKEN)
+    assert guard.login("wrong") is None
+    assert guard.login(TOKEN[:-1]) is None
+    session = guard.login(TOKEN)
+    assert session is not None
+    assert guard.is_operator(request({SESSION_COOKIE: session}))
+    assert not guard.is_operator(request({SESSION_COOKIE: session + "x"}))
+    assert not guard.is_operator(request())
+    guard.sessions[session] = 0.0  # expired
+    assert not guard.is_operator(request({SESSION_COOKIE: session}))
+
+
+@pytest.mark.parametrize(
+    ("asked", "went"),
+    [
+        ("/dead-letters?kind=x", "/dead-letters?kind=x"),
+        ("//evil.example/", "/"),
+        ("https://evil.example/", "/"),
+        ("/\\evil.example", "/"),
+        (None, "/"),
+    ],
+)
+def test_login_redirects_only_within_the_console(asked: str | None, went: str) -> None:
+    assert _local_path(asked) == went
+
+
+def test_every_response_carries_the_security_headers() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request"}
+
+    asyncio.run(SecurityHeaders(app)({"type": "http"}, receive, send))
+    headers = dict(sent[0]["headers"])
+    assert headers == dict(HEADERS)
+    csp = headers[b"content-security-policy"].decode()
+    assert "frame-ancestors 'none'" in csp and "script-src 'self';" in csp
+    assert "unsafe-inline" not in csp
+    assert headers[b"x-content-type-options"] == b"nosniff"
+
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def _render_dead_letters(env: jinja2.Environment) -> str:
+    row = {
+        "id": 7,
+        "kind": "tier_elevation",
+        "team_id": HOSTILE,
+        "resource_type": "postgres",
+        "resource_id": "db",
+        "attempts": 10,
+        "failed_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "last_skip_reason": HOSTILE,
+        "last_error": None,
+        "dead_letter_reason": "max_attempts",
+        "skip_reason_bucket": "other",
+    }
+    page = {"rows": [row], "next_after": None}
+    return env.get_template("dead_letters.html").render(
+        page=page,
+        kinds=[],
+        reasons=[],
+        buckets=[],
+        q={},
+        first_page=True,
+        csrf="c",
+        operator=False,
+        read_only=True,
+        refresh_seconds=5,
+        request=request(),
+    )
+
+
+def test_hostile_strings_are_escaped_and_the_check_catches_a_template_that_does_not() -> None:
+    html = _render_dead_letters(ui_app._env)
+    assert HOSTILE not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    # The planted defect: the same templates without autoescape let the script through.
+    unsafe = jinja2.Environment(loader=ui_app._env.loader, autoescape=False)
+    unsafe.filters.update(ui_app._env.filters)
+    assert HOSTILE in _render_dead_letters(unsafe)
+
+
+def test_dead_letter_filter_puts_only_the_asked_conditions_in_the_statement() -> None:
+    statement, params = DeadLetterFilter().query()
+    text = statement.as_string(None)
+    assert " AND " not in text.split("WHERE p.failed_at IS NOT NULL")[1].split("ORDER BY")[0]
+    assert params == {} and "LIMIT 51" in text and "FROM pending_propagations p" in text
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    # By kind and time: the outbox's indexes, the kind compared as the enum (not as text,
+    # which no index serves).
+    statement, params = DeadLetterFilter(kind="tier_elevation", since=since, after=42).query()
+    text = statement.as_string(None)
+    assert "p.kind = %(kind)s::propagation_kind" in text and "p.failed_at >= %(since)s" in text
+    assert (
+        "(p.failed_at, p.id) < (SELECT failed_at, id FROM pending_propagations WHERE id = 42)"
+        in text
+    )
+    assert params == {"kind": "tier_elevation", "since": since}
+    # By skip bucket: walked from the audit's dead-letter index instead.
+    statement, params = DeadLetterFilter(bucket="other", since=since, after=42, limit=10).query()
+    text = statement.as_string(None)
+    assert "FROM propagation_audit a" in text and "a.skip_reason_bucket = %(bucket)s" in text
+    assert "a.occurred_at >= %(since)s" in text and "a.dead_letter_reason =" not in text
+    assert "(a.occurred_at, a.propagation_id) < (SELECT" in text and "WHERE id = 42" in text
+    assert "LIMIT 11" in text and params == {"bucket": "other", "since": since}
+
+
+def test_ui_settings_keep_the_token_secret() -> None:
+    cfg = Config.from_env({"PIPELINE_UI_TOKEN": TOKEN, "PIPELINE_UI_PORT": "9555"}, ())
+    assert (cfg.ui_port, cfg.ui_host) == (9555, "127.0.0.1")
+    assert TOKEN not in repr(cfg) and cfg.ui_token is not None and cfg.ui_token.reveal() == TOKEN
+    with pytest.raises(ConfigError) as bad:
+        Config.from_env({"PIPELINE_UI_TOKEN": "short"}, ())
+    assert "PIPELINE_UI_TOKEN must be at least 16 characters" in str(bad.value)
+    assert "short" not in str(bad.value)
+
+
+def test_dead_letter_filters_refuse_bad_input_with_a_clear_message() -> None:
+    from pipeline.ui.pages import BadInput, _choice, _int, _when
+
+    assert _choice("", ("a",), "kind") is None and _choice("a", ("a",), "kind") == "a"
+    with pytest.raises(BadInput, match=r"unknown kind '<x>'; choose one of a, b"):
+        _choice("<x>", ("a", "b"), "kind")
+    assert _when("2026-01-31T14:05", "since") == datetime(2026, 1, 31, 14, 5, tzinfo=UTC)
+    with pytest.raises(BadInput, match="since must be a time like 2026-01-31T14:05"):
+        _when("yesterday", "since")
+    assert _int("42", "after") == 42
+    with pytest.raises(BadInput, match="after must be a propagation id"):
+        _int("1 OR 1=1", "after")
