@@ -23,7 +23,12 @@ PACKAGE_DATA = (
     "pipeline/schemas/provisioner.proto",
     "pipeline/stack/kafka-pom.xml",
     "pipeline/migrations/0001_outbox.sql",
+    "pipeline/migrations/0005_outcome_provenance.sql",
     "pipeline/py.typed",
+    "pipeline/ui/templates/base.html",
+    "pipeline/ui/static/console.js",
+    "pipeline/ui/static/uPlot.iife.min.js",
+    "pipeline/ui/static/uPlot.LICENSE",
 )
 _CLASSIFIER = re.compile(r"^Programming Language :: Python :: 3\.(\d+)$")
 

@@ -121,7 +121,9 @@ def _make_venv(minor: str, wheel: Path, outside: Path) -> Path:
     venv = outside / f"venv-{minor}"
     _run([python, "-m", "venv", str(venv)], cwd=outside, env=_user_env(venv))
     _run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)],
+        # With the console's extra: `pipeline ui` is part of what users install, and its
+        # templates and static files are package data the import walk below must find.
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"{wheel}[ui]"],
         cwd=outside,
         env=_user_env(venv),
         timeout=900,
