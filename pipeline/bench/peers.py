@@ -229,13 +229,13 @@ def _procrastinate_app(dsn: str) -> Any:
 # --- the worker process -----------------------------------------------------------------
 
 
-def _provisioner(addr: str, batch: int) -> GrpcProvisioner:
+def provisioner_client(addr: str, batch: int) -> GrpcProvisioner:
     return GrpcProvisioner(
         addr, deadline=HANDLER_DEADLINE.total_seconds(), tries=CALL_TRIES_PER_ATTEMPT, batch=batch
     )
 
 
-async def _regrade(port: GrpcProvisioner, key: str) -> None:
+async def regrade(port: GrpcProvisioner, key: str) -> None:
     reply = await port.regrade(
         idempotency_key=key,
         team_id="bench",
@@ -254,14 +254,14 @@ async def _pgqueuer_worker(args: argparse.Namespace) -> None:
 
     conn = await asyncpg.connect(args.dsn)
     pool = await asyncpg.create_pool(args.dsn, min_size=2, max_size=POOL_SIZE)
-    port = _provisioner(args.provisioner, args.grpc_batch)
+    port = provisioner_client(args.provisioner, args.grpc_batch)
     update = store.peer_update_sql("pgqueuer", "asyncpg")
     qm = QueueManager(Queries(AsyncpgDriver(conn)))
 
     @qm.entrypoint(TASK, concurrency_limit=args.concurrency)
     async def bench_job(job: Job) -> None:
         job_id = int(job.payload or b"0")
-        await _regrade(port, f"{args.key_prefix}{job_id}")
+        await regrade(port, f"{args.key_prefix}{job_id}")
         await pool.execute(update, job_id)
 
     loop = asyncio.get_running_loop()
@@ -280,7 +280,7 @@ async def _procrastinate_worker(args: argparse.Namespace) -> None:
     from psycopg_pool import AsyncConnectionPool
 
     app = _procrastinate_app(args.dsn)
-    port = _provisioner(args.provisioner, args.grpc_batch)
+    port = provisioner_client(args.provisioner, args.grpc_batch)
     update = store.peer_update_sql("procrastinate", "psycopg")
     pool = AsyncConnectionPool(
         args.dsn, min_size=2, max_size=POOL_SIZE, open=False, kwargs={"autocommit": True}
@@ -288,7 +288,7 @@ async def _procrastinate_worker(args: argparse.Namespace) -> None:
 
     @app.task(name=TASK)  # type: ignore[untyped-decorator]
     async def bench_job(job_id: int) -> None:
-        await _regrade(port, f"{args.key_prefix}{job_id}")
+        await regrade(port, f"{args.key_prefix}{job_id}")
         async with pool.connection() as conn:
             await conn.execute(update, (job_id,))
 

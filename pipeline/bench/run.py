@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from pipeline.bench import peers as peers_mod
-from pipeline.bench import profile, raw, steady, store
+from pipeline.bench import plain, profile, raw, steady, store
 from pipeline.bench.components import Components
 from pipeline.bench.procstats import ProcSampler
 from pipeline.errors import PipelineError
@@ -247,7 +247,40 @@ async def _peers(comps: Components, s: Settings, report: dict[str, Any]) -> None
             "failed_trials": errors,
             "ratio_pipeline_over_peer": pipeline_rate / best.per_second if best.per_second else 0.0,
         }
+    s.progress("plain reference peer: the same architecture without faust")
+    out["plain"] = await _plain(comps, s, pipeline_rate)
     report["peers"] = out
+
+
+async def _plain(comps: Components, s: Settings, pipeline_rate: float) -> dict[str, Any]:
+    """The pipeline's ratio to its own architecture's ceiling (``pipeline.bench.plain``)."""
+    try:
+        trial = await plain.run_trial(
+            database_url=comps.stack.database_url,
+            bootstrap=comps.stack.bootstrap,
+            provisioner_addr=comps.provisioner_addr,
+            prefix=comps.stack.prefix,
+            partitions=s.partitions,
+            count=s.count,
+            logdir=comps.stack.workdir,
+            limit_s=max(120.0, s.count / 20),
+        )
+    except Exception as exc:  # a failed reference must not lose the whole run
+        s.progress(f"plain reference peer failed: {exc!r}")
+        error = {"settings": {}, "error": repr(exc)[:500]}
+        return {
+            "best": None,
+            "trials": [],
+            "failed_trials": [error],
+            "ratio_pipeline_over_peer": None,
+        }
+    ratio = pipeline_rate / trial.per_second if trial.per_second else 0.0
+    return {
+        "best": trial.to_dict(),
+        "trials": [trial.to_dict()],
+        "failed_trials": [],
+        "ratio_pipeline_over_peer": ratio,
+    }
 
 
 async def _single_calls(comps: Components, s: Settings, report: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ then stamp ``applied_at`` on the job's row", the same work the pipeline does per
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -252,3 +253,67 @@ def peer_schema_installed(conn: psycopg.Connection[Any], peer: str) -> bool:
         "SELECT to_regclass(%s) IS NOT NULL", (_PEER_MARKER_TABLES[peer],)
     ).fetchone()
     return bool(row and row[0])
+
+
+# --- the plain reference peer (pipeline.bench.plain) ------------------------------------
+
+_PLAIN_SETUP = [
+    "DROP TABLE IF EXISTS bench_plain_outbox, bench_plain_audit",
+    """CREATE TABLE bench_plain_outbox (
+           id bigserial PRIMARY KEY, key text NOT NULL, warm boolean NOT NULL DEFAULT false,
+           created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+           published_at timestamptz, applied_at timestamptz)""",
+    "CREATE INDEX ON bench_plain_outbox (id) WHERE published_at IS NULL",
+    """CREATE TABLE bench_plain_audit (
+           job_id bigint NOT NULL, outcome text NOT NULL, at timestamptz NOT NULL DEFAULT now())""",
+]
+_PLAIN_INSERT_SQL = """
+INSERT INTO bench_plain_outbox (key, warm)
+SELECT %(tag)s || g::text, %(warm)s FROM generate_series(1, %(n)s) AS g
+"""
+_PLAIN_APPLIED_SQL = "SELECT count(applied_at) FROM bench_plain_outbox WHERE warm = %s"
+_PLAIN_CLAIM_SQL = """
+SELECT id, key FROM bench_plain_outbox WHERE published_at IS NULL
+ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
+"""
+_PLAIN_PUBLISHED_SQL = "UPDATE bench_plain_outbox SET published_at = now() WHERE id = ANY(%s)"
+_PLAIN_PROJECT_SQL = """
+UPDATE bench_plain_outbox o SET applied_at = now()
+FROM unnest(%s::bigint[]) AS u(id) WHERE o.id = u.id
+"""
+_PLAIN_AUDIT_SQL = """
+INSERT INTO bench_plain_audit (job_id, outcome) SELECT u, 'applied' FROM unnest(%s::bigint[]) u
+"""
+
+
+def reset_plain_tables(conn: psycopg.Connection[Any]) -> None:
+    with conn.transaction():
+        for statement in _PLAIN_SETUP:
+            conn.execute(statement.encode())
+
+
+async def plain_insert(conn: psycopg.AsyncConnection[Any], n: int, warm: bool = False) -> None:
+    tag = f"plain-{'warm' if warm else 'run'}-{uuid.uuid4().hex[:8]}-"
+    await conn.execute(_PLAIN_INSERT_SQL, {"tag": tag, "warm": warm, "n": n})
+
+
+async def plain_applied(conn: psycopg.AsyncConnection[Any], warm: bool = False) -> int:
+    cur = await conn.execute(_PLAIN_APPLIED_SQL, (warm,))
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def plain_claim(conn: psycopg.AsyncConnection[Any], limit: int) -> list[tuple[int, str]]:
+    cur = await conn.execute(_PLAIN_CLAIM_SQL, (limit,))
+    return [(int(r[0]), str(r[1])) for r in await cur.fetchall()]
+
+
+async def plain_mark_published(conn: psycopg.AsyncConnection[Any], ids: list[int]) -> None:
+    await conn.execute(_PLAIN_PUBLISHED_SQL, (ids,))
+
+
+async def plain_project(conn: psycopg.AsyncConnection[Any], ids: list[int]) -> None:
+    """One UPDATE from unnest and one audit INSERT for the whole batch."""
+    await conn.execute(_PLAIN_PROJECT_SQL, (ids,))
+    await conn.execute(_PLAIN_AUDIT_SQL, (ids,))

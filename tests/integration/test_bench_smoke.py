@@ -107,7 +107,13 @@ async def test_bench_small_run_reports_every_field(
         assert best["peak_rss_mb"] > 0
         assert result["ratio_pipeline_over_peer"] > 0
 
+    plain_ref = report["peers"]["plain"]
+    assert plain_ref["failed_trials"] == []
+    assert (plain_ref["best"]["count"], plain_ref["best"]["applied"]) == (COUNT, COUNT)
+    assert plain_ref["ratio_pipeline_over_peer"] > 0
+
     assert set(report["targets"]) == {
+        "ratio_to_plain_reference",
         "end_to_end_throughput",
         "ratio_over_pgqueuer",
         "ratio_over_procrastinate",
@@ -115,6 +121,7 @@ async def test_bench_small_run_reports_every_field(
         "rss_per_component",
         "rss_flat_over_10_minutes",
     }
+    assert report["targets"]["ratio_to_plain_reference"]["met"] is None
     assert all(t["measured"] is not None for t in report["targets"].values())
     assert report["targets"]["rss_flat_over_10_minutes"]["met"] is False  # 6 s is not 10 min
     meta = report["meta"]
