@@ -200,3 +200,48 @@ def test_dead_letter_filters_refuse_bad_input_with_a_clear_message() -> None:
     assert _int("42", "after") == 42
     with pytest.raises(BadInput, match="after must be a propagation id"):
         _int("1 OR 1=1", "after")
+
+
+def _call(
+    app: Any, method: str, path: str, body: bytes = b"", cookies: str = ""
+) -> tuple[int, str]:
+    """One request straight through the ASGI app (no server, no lifespan, no database)."""
+    path, _, query = path.partition("?")
+    scope = {
+        "type": "http", "method": method, "scheme": "http", "path": path,
+        "query_string": query.encode(), "http_version": "1.1", "root_path": "",
+        "headers": [(b"host", HOST.encode()), (b"cookie", cookies.encode()),
+                    (b"content-type", b"application/x-www-form-urlencoded")],
+        "server": ("127.0.0.1", 9480), "client": ("127.0.0.1", 50000),
+    }  # fmt: skip
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    text = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], text.decode()
+
+
+@pytest.mark.parametrize("bad", ["²", "١٢", "9" * 20])
+def test_ids_that_are_not_bigints_get_a_clear_refusal(bad: str) -> None:
+    from urllib.parse import quote
+
+    from pipeline.ui.pages import BadInput, _int
+
+    # str.isdigit() accepts superscripts and other scripts' digits, which int() then refuses
+    # or reads as another number; and Postgres ids are bigints.
+    with pytest.raises(BadInput, match="after must be a propagation id"):
+        _int(bad, "after")
+    app = ui_app.create_app(Config.from_env({"PIPELINE_UI_TOKEN": TOKEN}, ()))
+    guard: Guard = app.state.console.guard
+    nonce = "n" * 43
+    session = guard.login(TOKEN)
+    cookies = f"{CSRF_COOKIE}={nonce}; {SESSION_COOKIE}={session}"
+    form = f"csrf={guard.csrf_token(nonce)}&id={quote(bad)}&operator=me&reason=why"
+    status, page = _call(app, "POST", "/retry", form.encode(), cookies)
+    assert (status, "Select 1 to 500 ids" in page) == (400, True), page
