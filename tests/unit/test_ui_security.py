@@ -203,14 +203,14 @@ def test_dead_letter_filters_refuse_bad_input_with_a_clear_message() -> None:
 
 
 def _call(
-    app: Any, method: str, path: str, body: bytes = b"", cookies: str = ""
+    app: Any, method: str, path: str, body: bytes = b"", cookies: str = "", host: str = HOST
 ) -> tuple[int, str]:
     """One request straight through the ASGI app (no server, no lifespan, no database)."""
     path, _, query = path.partition("?")
     scope = {
         "type": "http", "method": method, "scheme": "http", "path": path,
         "query_string": query.encode(), "http_version": "1.1", "root_path": "",
-        "headers": [(b"host", HOST.encode()), (b"cookie", cookies.encode()),
+        "headers": [(b"host", host.encode()), (b"cookie", cookies.encode()),
                     (b"content-type", b"application/x-www-form-urlencoded")],
         "server": ("127.0.0.1", 9480), "client": ("127.0.0.1", 50000),
     }  # fmt: skip
@@ -245,3 +245,25 @@ def test_ids_that_are_not_bigints_get_a_clear_refusal(bad: str) -> None:
     form = f"csrf={guard.csrf_token(nonce)}&id={quote(bad)}&operator=me&reason=why"
     status, page = _call(app, "POST", "/retry", form.encode(), cookies)
     assert (status, "Select 1 to 500 ids" in page) == (400, True), page
+
+
+@pytest.mark.parametrize(
+    ("bind", "host", "served"),
+    [
+        ("127.0.0.1", HOST, True),
+        ("127.0.0.1", "localhost:9480", True),
+        # DNS rebinding: a page of attacker.example, its name re-pointed at 127.0.0.1, is
+        # same-origin with the console and could read every page (and the CSRF token).
+        ("127.0.0.1", "attacker.example:9480", False),
+        ("127.0.0.1", "attacker.example", False),
+        ("ops-console.internal", "ops-console.internal:9480", True),
+        ("ops-console.internal", "attacker.example:9480", False),
+        ("::1", "[::1]:9480", True),
+        ("::1", "[::2]:9480", False),
+        ("0.0.0.0", "any-name.example:9480", True),  # bound everywhere: any name reaches it
+    ],
+)
+def test_only_the_consoles_own_host_names_are_served(bind: str, host: str, served: bool) -> None:
+    app = ui_app.create_app(Config.from_env({"PIPELINE_UI_HOST": bind}, ()))
+    status, page = _call(app, "GET", "/healthz", host=host)
+    assert (status, page) == ((200, "ok\n") if served else (400, "Invalid host header")), page
