@@ -295,8 +295,13 @@ async def replays(request: Request) -> Response:
 
     st = state(request)
     try:
+        # Bounded like the pool's waits: a Postgres that accepts but never answers must
+        # give "data unavailable", not a page that hangs until the TCP timeout.
         conn = await psycopg.AsyncConnection.connect(
-            st.cfg.database_url, autocommit=True, application_name="pipeline ui"
+            st.cfg.database_url,
+            autocommit=True,
+            application_name="pipeline ui",
+            connect_timeout=int(DB_WAIT_SECONDS),
         )
     except psycopg.Error as exc:
         raise StoreError(f"cannot connect for the replay page: {exc}") from exc

@@ -203,7 +203,13 @@ def test_dead_letter_filters_refuse_bad_input_with_a_clear_message() -> None:
 
 
 def _call(
-    app: Any, method: str, path: str, body: bytes = b"", cookies: str = "", host: str = HOST
+    app: Any,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    cookies: str = "",
+    host: str = HOST,
+    timeout: float = 30,
 ) -> tuple[int, str]:
     """One request straight through the ASGI app (no server, no lifespan, no database)."""
     path, _, query = path.partition("?")
@@ -222,7 +228,7 @@ def _call(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout))
     text = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return sent[0]["status"], text.decode()
 
@@ -267,3 +273,21 @@ def test_only_the_consoles_own_host_names_are_served(bind: str, host: str, serve
     app = ui_app.create_app(Config.from_env({"PIPELINE_UI_HOST": bind}, ()))
     status, page = _call(app, "GET", "/healthz", host=host)
     assert (status, page) == ((200, "ok\n") if served else (400, "Invalid host header")), page
+
+
+@pytest.mark.parametrize("path", ["/replays", "/propagations/1?log=0"])
+def test_pages_give_up_on_a_database_that_never_answers(path: str) -> None:
+    import socket
+
+    # A port that accepts TCP (the kernel completes the handshake) but never speaks: what a
+    # hung or black-holed Postgres looks like. The page must say "data unavailable" in
+    # seconds, like every other page, not hang on the connection (and hold a worker thread
+    # the overview's measurements need).
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        env = {"PIPELINE_DATABASE_URL": f"postgresql://u@127.0.0.1:{port}/d"}
+        app = ui_app.create_app(Config.from_env(env, ()))
+        status, page = _call(app, "GET", path, timeout=60)  # unbounded, it hangs past this
+    assert (status, "Data unavailable" in page) == (503, True), page
