@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 
 from pipeline.errors import StoreError
+from pipeline.projections.store import ProjectionStore
 
-# The same key as the live projector (projector.LOCK_SQL): one writer per projection.
-TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext(%s))"
+# The live projector's own lock (store.TRY_LOCK_SQL): one writer per projection.
 UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtext(%s))"
 
 # A bigint advisory key is split into classid (high 32 bits) and objid (low 32 bits).
@@ -199,7 +199,7 @@ class ReplayStore:
         return row[0] if row else None
 
     async def try_lock(self) -> bool:
-        return bool(await self._one(TRY_LOCK_SQL, (self._projection,)))
+        return await ProjectionStore(self._conn, self._projection).try_lock()
 
     async def unlock(self) -> None:
         await self._one(UNLOCK_SQL, (self._projection,))

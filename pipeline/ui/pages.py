@@ -23,7 +23,7 @@ from pipeline.classify import BUCKETS
 from pipeline.errors import PipelineError, StoreError
 from pipeline.events import DeadLetterReason
 from pipeline.ui.app import REPLAY_CURSOR_SUFFIX, ConsoleState, problem, render, state
-from pipeline.ui.security import Guard
+from pipeline.ui.security import SESSION_COOKIE, Guard
 from pipeline.ui.snapshots import DB_WAIT_SECONDS
 
 _log = logs.get("ui")
@@ -361,5 +361,5 @@ async def logout(request: Request) -> Response:
         return problem(request, 403, "Refused", "The form's CSRF token is missing or stale.")
     st.guard.logout(request)
     response = RedirectResponse("/", status_code=303)
-    response.delete_cookie("pipeline_ui_session", path="/")
+    response.delete_cookie(SESSION_COOKIE, path="/")
     return response
