@@ -26,6 +26,7 @@ from starlette.templating import Jinja2Templates
 from pipeline import logs
 from pipeline.config import Config
 from pipeline.errors import PipelineError
+from pipeline.projections.replay import CURSOR_SUFFIX as REPLAY_CURSOR_SUFFIX
 from pipeline.ui.security import Guard, HostCheck, SecurityHeaders, allowed_hosts
 from pipeline.ui.snapshots import Snapshotter
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from pipeline.lag import LagMonitor
 
 _log = logs.get("ui")
-REPLAY_CURSOR_SUFFIX = "#replay"  # pipeline.projections.replay.CURSOR_SUFFIX
 LOG_SCAN_LIMIT = 200_000  # messages per topic the propagation page reads at most
 REFRESH_SECONDS = 5
 

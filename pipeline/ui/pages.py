@@ -22,7 +22,8 @@ from pipeline import console_store, logs, status_store
 from pipeline.classify import BUCKETS
 from pipeline.errors import PipelineError, StoreError
 from pipeline.events import DeadLetterReason
-from pipeline.ui.app import REPLAY_CURSOR_SUFFIX, ConsoleState, problem, render, state
+from pipeline.projections.replay import CURSOR_SUFFIX as REPLAY_CURSOR_SUFFIX
+from pipeline.ui.app import ConsoleState, problem, render, state
 from pipeline.ui.security import SESSION_COOKIE, Guard
 from pipeline.ui.snapshots import DB_WAIT_SECONDS
 
