@@ -24,13 +24,19 @@ FROM propagation_audit WHERE propagation_id = %s
 ORDER BY attempt, occurred_at, source_offset
 """
 
+CONNECT_TIMEOUT_SECONDS = 5
+
 
 def load(
     database_url: str, propagation_id: int
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """The row (None when there is no such propagation) and its audit rows, oldest first."""
     try:
-        with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        # Bounded: a Postgres that accepts but never answers must fail `pipeline show` and
+        # the console's propagation page with an error, not hang them (and a worker thread).
+        with psycopg.connect(
+            database_url, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_SECONDS
+        ) as conn:
             row = conn.execute(ROW_SQL, (propagation_id,)).fetchone()
             audit = conn.execute(AUDIT_SQL, (propagation_id,)).fetchall()
     except psycopg.Error as exc:

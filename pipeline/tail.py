@@ -149,7 +149,10 @@ class LogReader:
             **self._kw,
             group_id=None,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # A bounded read (a replay) must read all of [start, end): if retention deletes
+            # its start before it is fetched, "earliest" would skip ahead silently and a
+            # rebuild would commit rows reset but never refolded. "none" raises instead.
+            auto_offset_reset="none" if self.bounded else "earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         try:
@@ -201,7 +204,7 @@ class LogReader:
         ``stop`` is only looked at between batches: a caller that commits per batch thus
         always stops at a transaction boundary.
         """
-        from aiokafka.errors import KafkaError
+        from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
         while not stop.is_set() and not (self.bounded and self.finished()):
             try:
@@ -216,6 +219,12 @@ class LogReader:
                     self.positions[p] = int(await self._consumer.position(tp))
                     if self.bounded and self.positions[p] >= self.ends[p]:
                         self._consumer.pause(tp)
+            except OffsetOutOfRangeError as exc:
+                raise BrokerError(
+                    f"reading {self.topic} failed: records were deleted (retention) before "
+                    f"they were read, so the range read is incomplete ({exc}); start again "
+                    "from what the log still holds"
+                ) from exc
             except KafkaError as exc:
                 raise BrokerError(f"reading {self.topic} failed: {exc}") from exc
             yield records

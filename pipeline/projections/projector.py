@@ -23,7 +23,6 @@ from pipeline.projections.store import Located, ProjectionStore
 from pipeline.topics import partitions_for
 
 _log = logs.get("projector")
-LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext(%s))"
 
 
 class Projector:
@@ -63,9 +62,9 @@ class Projector:
 
     async def _run_once(self, stop: asyncio.Event) -> None:
         async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
-            if not await self._acquire(conn, stop):
-                return
             store = ProjectionStore(conn, self._projection)
+            if not await self._acquire(store, stop):
+                return
             consumer = AIOKafkaConsumer(
                 **self._kafka,
                 group_id=None,
@@ -83,12 +82,10 @@ class Projector:
             finally:
                 await consumer.stop()
 
-    async def _acquire(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> bool:
+    async def _acquire(self, store: ProjectionStore, stop: asyncio.Event) -> bool:
         announced = False
         while not stop.is_set():
-            cur = await conn.execute(LOCK_SQL, (self._projection,))
-            row = await cur.fetchone()
-            if row and row[0]:
+            if await store.try_lock():
                 self.state = "active"
                 logs.event(_log, "active", projection=self._projection)
                 return True

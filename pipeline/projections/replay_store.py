@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 
 from pipeline.errors import StoreError
+from pipeline.projections.store import ProjectionStore
 
-# The same key as the live projector (projector.LOCK_SQL): one writer per projection.
-TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext(%s))"
+# The live projector's own lock (store.TRY_LOCK_SQL): one writer per projection.
 UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtext(%s))"
 
 # A bigint advisory key is split into classid (high 32 bits) and objid (low 32 bits).
@@ -84,8 +84,12 @@ WHERE id IN (SELECT id FROM replay_scope)
 """
 
 # A replay never reopens (or flips) a terminal row: were it reopened, the relay would
-# execute it again. A refold that disagrees (an operator retry, a drifted row) keeps the row
-# as it was, and the report counts it.
+# execute it again. Nor does it end a row an operator reopened (`pipeline retry` keeps the
+# attempts and clears failed_at, so the log ends it at an attempt the row already folded):
+# the retry would be lost and the outcome of the attempt in flight could not fold. Nor does
+# it move a terminal row's attempts back (a retried row dead-lettered again): the next retry
+# would reuse attempt numbers. A refold that disagrees this way keeps the row as it was, and
+# the report counts it.
 KEEP_TERMINAL_SQL = f"""
 UPDATE pending_propagations p
 SET ({_COLUMNS}) = (b.attempts, b.applied_at, b.failed_at, b.last_outcome, b.last_error,
@@ -94,7 +98,10 @@ SET ({_COLUMNS}) = (b.attempts, b.applied_at, b.failed_at, b.last_outcome, b.las
 FROM replay_before b
 WHERE b.id = p.id
   AND ((b.applied_at IS NOT NULL AND p.applied_at IS NULL)
-       OR (b.failed_at IS NOT NULL AND p.failed_at IS NULL))
+       OR (b.failed_at IS NOT NULL AND p.failed_at IS NULL)
+       OR ((p.applied_at IS NOT NULL OR p.failed_at IS NOT NULL)
+           AND (b.attempts > p.attempts
+                OR (b.applied_at IS NULL AND b.failed_at IS NULL AND b.attempts >= p.attempts))))
 RETURNING p.id
 """
 
@@ -192,7 +199,7 @@ class ReplayStore:
         return row[0] if row else None
 
     async def try_lock(self) -> bool:
-        return bool(await self._one(TRY_LOCK_SQL, (self._projection,)))
+        return await ProjectionStore(self._conn, self._projection).try_lock()
 
     async def unlock(self) -> None:
         await self._one(UNLOCK_SQL, (self._projection,))

@@ -56,6 +56,10 @@ WHERE p.id = v.propagation_id
 RETURNING p.id
 """
 
+# One writer per projection: the live projector and `pipeline replay` take this
+# session-level advisory lock (a projector without it waits as a hot standby).
+TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext(%s))"
+
 CHECKPOINT_SQL = """
 INSERT INTO projection_checkpoints (projection, topic, partition, next_offset, updated_at)
 VALUES (%s, %s, %s, %s, now())
@@ -145,6 +149,15 @@ class ProjectionStore:
     def __init__(self, conn: psycopg.AsyncConnection[Any], projection: str) -> None:
         self._conn = conn
         self._projection = projection
+
+    async def try_lock(self) -> bool:
+        """Take the projection's writer lock for this session, if it is free."""
+        try:
+            cur = await self._conn.execute(TRY_LOCK_SQL, (self._projection,))
+            row = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise StoreError(f"taking the projection lock failed: {exc}") from exc
+        return bool(row and row[0])
 
     async def load_checkpoints(self, topic: str) -> dict[int, int]:
         try:

@@ -26,14 +26,14 @@ from starlette.templating import Jinja2Templates
 from pipeline import logs
 from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.ui.security import Guard, SecurityHeaders
+from pipeline.projections.replay import CURSOR_SUFFIX as REPLAY_CURSOR_SUFFIX
+from pipeline.ui.security import Guard, HostCheck, SecurityHeaders, allowed_hosts
 from pipeline.ui.snapshots import Snapshotter
 
 if TYPE_CHECKING:
     from pipeline.lag import LagMonitor
 
 _log = logs.get("ui")
-REPLAY_CURSOR_SUFFIX = "#replay"  # pipeline.projections.replay.CURSOR_SUFFIX
 LOG_SCAN_LIMIT = 200_000  # messages per topic the propagation page reads at most
 REFRESH_SECONDS = 5
 
@@ -159,7 +159,10 @@ def create_app(cfg: Config, *, lag_interval: float = 5.0) -> Starlette:
             Mount("/static", StaticFiles(packages=[("pipeline.ui", "static")]), name="static"),
             Route("/healthz", _healthz),
         ],
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(HostCheck, allowed=allowed_hosts(cfg.ui_host)),
+        ],
         exception_handlers={PipelineError: _pipeline_error},
         lifespan=lifespan,
     )

@@ -22,14 +22,21 @@ from pipeline import console_store, logs, status_store
 from pipeline.classify import BUCKETS
 from pipeline.errors import PipelineError, StoreError
 from pipeline.events import DeadLetterReason
-from pipeline.ui.app import REPLAY_CURSOR_SUFFIX, ConsoleState, problem, render, state
-from pipeline.ui.security import Guard
+from pipeline.projections.replay import CURSOR_SUFFIX as REPLAY_CURSOR_SUFFIX
+from pipeline.ui.app import ConsoleState, problem, render, state
+from pipeline.ui.security import SESSION_COOKIE, Guard
 from pipeline.ui.snapshots import DB_WAIT_SECONDS
 
 _log = logs.get("ui")
 PAGE_SIZE = 50
 MAX_RETRY_IDS = 500  # one form post; more is a replay's job, not a click's
 LOG_SCAN_SECONDS = 10.0  # the propagation page's log scan gives up after this
+MAX_ID = 2**63 - 1  # ids are bigints
+
+
+def _is_id(value: str) -> bool:
+    # Not str.isdigit() alone: it accepts "²" (int() refuses it) and other scripts' digits.
+    return value.isascii() and value.isdigit() and int(value) <= MAX_ID
 
 
 def routes() -> list[Route]:
@@ -118,7 +125,7 @@ def _when(value: str | None, name: str) -> datetime | None:
 def _int(value: str | None, name: str) -> int | None:
     if not value:
         return None
-    if not value.isdigit():
+    if not _is_id(value):
         raise BadInput(f"{name} must be a propagation id (digits)")
     return int(value)
 
@@ -182,7 +189,7 @@ async def retry(request: Request) -> Response:
     raw_ids = [str(v) for v in form.getlist("id")]
     operator = (_field(form.get("operator")) or "").strip()
     reason = (_field(form.get("reason")) or "").strip()
-    if not raw_ids or not all(i.isdigit() for i in raw_ids) or len(raw_ids) > MAX_RETRY_IDS:
+    if not raw_ids or not all(_is_id(i) for i in raw_ids) or len(raw_ids) > MAX_RETRY_IDS:
         return problem(request, 400, "Nothing to retry", f"Select 1 to {MAX_RETRY_IDS} ids.")
     if not operator or not reason:
         return problem(request, 400, "Who and why", "A retry needs your name and a reason.")
@@ -225,7 +232,7 @@ def _retry_each(
 
 def search(request: Request) -> Response:
     text = request.query_params.get("q", "").strip()
-    if text.isdigit():
+    if _is_id(text):
         return RedirectResponse(f"/propagations/{int(text)}", status_code=303)
     rows: list[dict[str, Any]] = []
     if text:
@@ -289,8 +296,13 @@ async def replays(request: Request) -> Response:
 
     st = state(request)
     try:
+        # Bounded like the pool's waits: a Postgres that accepts but never answers must
+        # give "data unavailable", not a page that hangs until the TCP timeout.
         conn = await psycopg.AsyncConnection.connect(
-            st.cfg.database_url, autocommit=True, application_name="pipeline ui"
+            st.cfg.database_url,
+            autocommit=True,
+            application_name="pipeline ui",
+            connect_timeout=int(DB_WAIT_SECONDS),
         )
     except psycopg.Error as exc:
         raise StoreError(f"cannot connect for the replay page: {exc}") from exc
@@ -350,5 +362,5 @@ async def logout(request: Request) -> Response:
         return problem(request, 403, "Refused", "The form's CSRF token is missing or stale.")
     st.guard.logout(request)
     response = RedirectResponse("/", status_code=303)
-    response.delete_cookie("pipeline_ui_session", path="/")
+    response.delete_cookie(SESSION_COOKIE, path="/")
     return response

@@ -5,6 +5,8 @@
 * Every POST needs a CSRF token: a random nonce in an HttpOnly, SameSite=Strict cookie, and in
   the form its HMAC under a per-process key (a page on another origin can neither read the
   cookie nor compute the MAC); a foreign ``Origin`` header is refused as well.
+* Only the console's own host names are served (``allowed_hosts``): a DNS-rebinding page,
+  its name re-pointed at 127.0.0.1, would otherwise be same-origin with the console.
 * Actions (retry) need an operator session, opened by posting ``PIPELINE_UI_TOKEN`` to
   ``/login``; without a configured token the console is read-only and no session can exist.
 """
@@ -60,6 +62,45 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+WILDCARD_BINDS = ("0.0.0.0", "::", "")
+
+
+def allowed_hosts(bind: str) -> frozenset[str] | None:
+    """Host names (no port) the console answers to when bound to ``bind``; None: any.
+
+    Bound to every interface, the operator chose to reach it by whatever name the network
+    gives it; bound to one address, only that address and the loopback names.
+    """
+    if bind in WILDCARD_BINDS:
+        return None
+    return frozenset({bind.lower().strip("[]"), *LOOPBACK_NAMES})
+
+
+def host_name(header: str) -> str:
+    """The name of a Host header without its port: ``[::1]:9480`` -> ``::1``."""
+    if header.startswith("["):
+        return header[1:].partition("]")[0].lower()
+    return header.partition(":")[0].lower()
+
+
+class HostCheck:
+    """ASGI middleware answering 400 to a Host header that is not the console's own."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str] | None) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.allowed is not None and scope["type"] in ("http", "websocket"):
+            host = dict(scope.get("headers", ())).get(b"host", b"").decode("latin-1")
+            if host_name(host) not in self.allowed:
+                response = Response("Invalid host header", 400, media_type="text/plain")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 @dataclass

@@ -200,3 +200,94 @@ def test_dead_letter_filters_refuse_bad_input_with_a_clear_message() -> None:
     assert _int("42", "after") == 42
     with pytest.raises(BadInput, match="after must be a propagation id"):
         _int("1 OR 1=1", "after")
+
+
+def _call(
+    app: Any,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    cookies: str = "",
+    host: str = HOST,
+    timeout: float = 30,
+) -> tuple[int, str]:
+    """One request straight through the ASGI app (no server, no lifespan, no database)."""
+    path, _, query = path.partition("?")
+    scope = {
+        "type": "http", "method": method, "scheme": "http", "path": path,
+        "query_string": query.encode(), "http_version": "1.1", "root_path": "",
+        "headers": [(b"host", host.encode()), (b"cookie", cookies.encode()),
+                    (b"content-type", b"application/x-www-form-urlencoded")],
+        "server": ("127.0.0.1", 9480), "client": ("127.0.0.1", 50000),
+    }  # fmt: skip
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout))
+    text = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], text.decode()
+
+
+@pytest.mark.parametrize("bad", ["²", "١٢", "9" * 20])
+def test_ids_that_are_not_bigints_get_a_clear_refusal(bad: str) -> None:
+    from urllib.parse import quote
+
+    from pipeline.ui.pages import BadInput, _int
+
+    # str.isdigit() accepts superscripts and other scripts' digits, which int() then refuses
+    # or reads as another number; and Postgres ids are bigints.
+    with pytest.raises(BadInput, match="after must be a propagation id"):
+        _int(bad, "after")
+    app = ui_app.create_app(Config.from_env({"PIPELINE_UI_TOKEN": TOKEN}, ()))
+    guard: Guard = app.state.console.guard
+    nonce = "n" * 43
+    session = guard.login(TOKEN)
+    cookies = f"{CSRF_COOKIE}={nonce}; {SESSION_COOKIE}={session}"
+    form = f"csrf={guard.csrf_token(nonce)}&id={quote(bad)}&operator=me&reason=why"
+    status, page = _call(app, "POST", "/retry", form.encode(), cookies)
+    assert (status, "Select 1 to 500 ids" in page) == (400, True), page
+
+
+@pytest.mark.parametrize(
+    ("bind", "host", "served"),
+    [
+        ("127.0.0.1", HOST, True),
+        ("127.0.0.1", "localhost:9480", True),
+        # DNS rebinding: a page of attacker.example, its name re-pointed at 127.0.0.1, is
+        # same-origin with the console and could read every page (and the CSRF token).
+        ("127.0.0.1", "attacker.example:9480", False),
+        ("127.0.0.1", "attacker.example", False),
+        ("ops-console.internal", "ops-console.internal:9480", True),
+        ("ops-console.internal", "attacker.example:9480", False),
+        ("::1", "[::1]:9480", True),
+        ("::1", "[::2]:9480", False),
+        ("0.0.0.0", "any-name.example:9480", True),  # bound everywhere: any name reaches it
+    ],
+)
+def test_only_the_consoles_own_host_names_are_served(bind: str, host: str, served: bool) -> None:
+    app = ui_app.create_app(Config.from_env({"PIPELINE_UI_HOST": bind}, ()))
+    status, page = _call(app, "GET", "/healthz", host=host)
+    assert (status, page) == ((200, "ok\n") if served else (400, "Invalid host header")), page
+
+
+@pytest.mark.parametrize("path", ["/replays", "/propagations/1?log=0"])
+def test_pages_give_up_on_a_database_that_never_answers(path: str) -> None:
+    import socket
+
+    # A port that accepts TCP (the kernel completes the handshake) but never speaks: what a
+    # hung or black-holed Postgres looks like. The page must say "data unavailable" in
+    # seconds, like every other page, not hang on the connection (and hold a worker thread
+    # the overview's measurements need).
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        env = {"PIPELINE_DATABASE_URL": f"postgresql://u@127.0.0.1:{port}/d"}
+        app = ui_app.create_app(Config.from_env(env, ()))
+        status, page = _call(app, "GET", path, timeout=60)  # unbounded, it hangs past this
+    assert (status, "Data unavailable" in page) == (503, True), page
