@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,8 +96,8 @@ def test_every_response_carries_the_security_headers() -> None:
         await send({"type": "http.response.start", "status": 404, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request"}
