@@ -71,6 +71,10 @@ class Config:
     provisioner_tls_key: str | None = None
     provisioner_batch: int = 64
     data_dir: str = ".pipeline-data"
+    # 0 = not set: the cluster's default.replication.factor capped by live brokers, and
+    # min.insync.replicas 2 from factor 3 on (pipeline/replication.py decides).
+    replication_factor: int = 0
+    min_insync_replicas: int = 0
 
     @property
     def commands_topic(self) -> str:
@@ -174,6 +178,12 @@ class Config:
             problems.append("PIPELINE_WORKER_CONCURRENCY must be between 1 and 4096")
         if not 0 <= self.provisioner_batch <= 1000:
             problems.append("PIPELINE_PROVISIONER_BATCH must be between 0 and 1000 (0 = off)")
+        if not 0 <= self.replication_factor <= 32:
+            problems.append("PIPELINE_REPLICATION_FACTOR must be between 1 and 32 (0 = cluster's)")
+        if not 0 <= self.min_insync_replicas <= 32:
+            problems.append("PIPELINE_MIN_INSYNC_REPLICAS must be between 1 and 32 (0 = auto)")
+        elif self.replication_factor and self.min_insync_replicas > self.replication_factor:
+            problems.append("PIPELINE_MIN_INSYNC_REPLICAS must not exceed the replication factor")
         if self.kafka_security_protocol not in SECURITY_PROTOCOLS:
             problems.append(f"PIPELINE_KAFKA_SECURITY_PROTOCOL must be one of {SECURITY_PROTOCOLS}")
         if self.kafka_security_protocol.startswith("SASL"):
@@ -205,6 +215,8 @@ _INTS = {
     "relay_batch_size",
     "worker_concurrency",
     "provisioner_batch",
+    "replication_factor",
+    "min_insync_replicas",
 }
 _FLOATS = {"backoff_scale", "relay_poll_interval"}
 _SECRETS = {"kafka_sasl_password"}

@@ -16,6 +16,7 @@ from pipeline import httpd, logs
 from pipeline.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE, RESTART_EXIT_CODE, Config
 from pipeline.metrics import Metrics
 from pipeline.registry import build_registry
+from pipeline.replication import report
 from pipeline.topics import ensure_topics
 
 _log = logs.get("services")
@@ -57,6 +58,19 @@ async def _serve_until_signal(
         await beat
 
 
+async def ensure_pipeline_topics(cfg: Config, metrics: Metrics, component: str) -> None:
+    """Create (replicated) or find the two pipeline topics, wait until every broker shows
+    them, and log and export any under-replication."""
+    results = await ensure_topics(
+        cfg.kafka_client_kwargs(),
+        [cfg.commands_topic, cfg.outcomes_topic],
+        cfg.partitions,
+        cfg.replication_factor,
+        cfg.min_insync_replicas,
+    )
+    report(results, metrics, logs.get(component))
+
+
 def _serve_http(cfg: Config, metrics: Metrics, health: httpd.Health, component: str) -> int:
     port = httpd.serve(metrics.registry, cfg.metrics_port, cfg.metrics_host, health)
     logs.event(logs.get(component), "http_serving", port=port, host=cfg.metrics_host)
@@ -73,7 +87,7 @@ def run_relay(cfg: Config) -> int:
 
     async def main(stop: asyncio.Event) -> None:
         kw = cfg.kafka_client_kwargs()
-        await ensure_topics(kw, [cfg.commands_topic, cfg.outcomes_topic], cfg.partitions)
+        await ensure_pipeline_topics(cfg, metrics, "relay")
         producer = make_producer(kw)
         await producer.start()
         relay = Relay(
@@ -116,7 +130,7 @@ def run_projector(cfg: Config) -> int:
 
     async def main(stop: asyncio.Event) -> None:
         kw = cfg.kafka_client_kwargs()
-        await ensure_topics(kw, [cfg.commands_topic, cfg.outcomes_topic], cfg.partitions)
+        await ensure_pipeline_topics(cfg, metrics, "projector")
         projector = Projector(
             database_url=cfg.database_url,
             client_kwargs=kw,

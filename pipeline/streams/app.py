@@ -14,6 +14,7 @@ changelog are bounded (streams/seen.py).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -36,6 +37,7 @@ from pipeline.handlers import ProvisionerPort
 from pipeline.httpd import Health
 from pipeline.metrics import Metrics
 from pipeline.registry import build_registry
+from pipeline.replication import Replication
 from pipeline.streams.lanes import OrderedLanes
 from pipeline.streams.processor import CommandProcessor
 from pipeline.streams.progress import (
@@ -148,17 +150,22 @@ def _datadir(cfg: Config) -> str:
 
 
 def build_app(
-    cfg: Config, metrics: Metrics, port_factory: Any, health: Health | None = None
+    cfg: Config,
+    metrics: Metrics,
+    port_factory: Any,
+    health: Health | None = None,
+    replication: Replication | None = None,
 ) -> faust.App:
     """The worker's faust app. ``port_factory()`` builds the provisioner port in the loop."""
     _shorten_fetch_wait()
+    want = replication or Replication(cfg.replication_factor or 1, cfg.min_insync_replicas or 1)
     app = faust.App(
         cfg.processor_group,
         broker=_faust_broker(cfg.kafka_bootstrap),
         broker_credentials=_credentials(cfg),
         store="memory://",
         topic_partitions=cfg.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=want.factor,
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
@@ -182,6 +189,7 @@ def build_app(
         partitions=cfg.partitions,
         max_entries=DEDUPE_MAX_ENTRIES,
         retention=DEDUPE_CHANGELOG_RETENTION,
+        extra_configs=want.topic_configs(),
     )
     state: dict[str, Any] = {}
 
@@ -403,16 +411,16 @@ def run_worker(
     cfg: Config, metrics: Metrics, port_factory: Any, health: Health | None = None
 ) -> int:
     """Run the faust worker in this process until SIGTERM/SIGINT; returns the exit code."""
-    from pipeline.topics import ensure_topics
+    from pipeline.replication import resolve_for
+    from pipeline.streams.replicated import ensure_worker_topics
 
-    asyncio.run(
-        ensure_topics(
-            cfg.kafka_client_kwargs(),
-            [cfg.commands_topic, cfg.outcomes_topic],
-            cfg.partitions,
-        )
+    want = asyncio.run(
+        resolve_for(cfg.kafka_client_kwargs(), cfg.replication_factor, cfg.min_insync_replicas)
     )
-    app = build_app(cfg, metrics, port_factory, health)
+    app = build_app(cfg, metrics, port_factory, health, want)
+    # In a thread of its own: asyncio.run here would close the loop faust took at build time.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, ensure_worker_topics(cfg, app, want, metrics)).result()
     logs.event(_log, "started", group=cfg.processor_group, **cfg.pinned())
     worker = faust.Worker(app, loglevel="INFO", quiet=True)
     worker.execute_from_commandline()
