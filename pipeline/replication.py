@@ -197,13 +197,27 @@ def report(results: list[TopicReplication], metrics: Metrics, log: logging.Logge
 async def resolve_for(client_kwargs: dict[str, Any], factor: int, min_insync: int) -> Replication:
     """``resolve`` with an admin client of its own (for a process that needs the answer
     before it builds anything else, like the faust worker)."""
+    return (await _with_admin(client_kwargs, factor, min_insync, None))[0]
+
+
+async def check(
+    client_kwargs: dict[str, Any], topics: list[str], factor: int, min_insync: int
+) -> list[TopicReplication]:
+    """The existing ones of ``topics`` assessed against the configured replication."""
+    return (await _with_admin(client_kwargs, factor, min_insync, topics))[1]
+
+
+async def _with_admin(
+    client_kwargs: dict[str, Any], factor: int, min_insync: int, topics: list[str] | None
+) -> tuple[Replication, list[TopicReplication]]:
     from aiokafka.errors import KafkaError
 
     admin = AIOKafkaAdminClient(**client_kwargs)
     try:
         await admin.start()
-        return await resolve(admin, factor, min_insync)
+        want = await resolve(admin, factor, min_insync)
+        return want, (await describe(admin, topics, want) if topics else [])
     except KafkaError as exc:
-        raise BrokerError(f"could not ask the cluster for its replication: {exc}") from exc
+        raise BrokerError(f"could not ask the cluster about replication: {exc}") from exc
     finally:
         await admin.close()

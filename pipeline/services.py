@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from pipeline import httpd, logs
-from pipeline.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE, RESTART_EXIT_CODE, Config
+from pipeline.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE, Config
 from pipeline.metrics import Metrics
 from pipeline.registry import build_registry
 from pipeline.replication import report
@@ -79,6 +79,7 @@ def _serve_http(cfg: Config, metrics: Metrics, health: httpd.Health, component: 
 
 def run_relay(cfg: Config) -> int:
     from pipeline.lag import LagMonitor, pipeline_sources
+    from pipeline.producer import HealingProducer
     from pipeline.relay import Relay, make_producer
 
     metrics = new_metrics()
@@ -88,7 +89,7 @@ def run_relay(cfg: Config) -> int:
     async def main(stop: asyncio.Event) -> None:
         kw = cfg.kafka_client_kwargs()
         await ensure_pipeline_topics(cfg, metrics, "relay")
-        producer = make_producer(kw)
+        producer = HealingProducer(lambda: make_producer(kw), metrics, "relay", logs.get("relay"))
         await producer.start()
         relay = Relay(
             database_url=cfg.database_url,
@@ -189,8 +190,9 @@ def run_all(cfg: Config, env: dict[str, str]) -> int:
     while True:
         for name, proc in list(procs.items()):
             # A component that asks for a restart (the worker after a stalled faust
-            # recovery) gets one, at most 5 a minute; anything else stops the run.
-            if proc.poll() == RESTART_EXIT_CODE and not stopping:
+            # recovery) or ended on a fatal error (non-zero) gets one, at most 5 a minute;
+            # beyond that, or a clean exit, stops the run.
+            if proc.poll() not in (None, 0) and not stopping:
                 restarts[:] = [t for t in restarts if time.monotonic() - t < 60] + [
                     time.monotonic()
                 ]

@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from pipeline.config import PARTIAL_EXIT_CODE
 from pipeline.errors import PipelineError, StoreError
+
+KAFKA_STATUS_TIMEOUT_S = 4.0  # `pipeline status` answers within 5 s with a broker down
 
 if TYPE_CHECKING:
     from pipeline.lag import LagReport, Source
@@ -126,9 +129,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             report = status_store.status(conn)
     except psycopg.Error as exc:
         raise StoreError(f"cannot read status: {exc}") from exc
+    kafka = _kafka_section(cfg)
+    rc = 0 if kafka is None or kafka["error"] is None else PARTIAL_EXIT_CODE
     if args.json:
-        _print_json(report.to_dict())
-        return 0
+        _print_json(report.to_dict() | {"kafka": kafka, "partial": rc != 0})
+        return rc
     columns = ["kind", *status_store.STATES]
     rows = [
         [kind, *(str(by[s]) for s in status_store.STATES)] for kind, by in report.counts.items()
@@ -142,6 +147,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     footer = [
         f"oldest pending: {oldest}",
         f"dead-lettered in the last hour: {report.dead_lettered_last_hour}",
+        *_kafka_lines(kafka),
     ]
     if sys.stdout.isatty():
         from rich.console import Console
@@ -154,7 +160,61 @@ def cmd_status(args: argparse.Namespace) -> int:
         _plain(columns, rows)
         for line in footer:
             print(line)
-    return 0
+    return rc
+
+
+def _kafka_section(cfg: Any) -> dict[str, Any] | None:
+    """The pipeline topics' replication, or why it could not be read (within 4 s)."""
+    if not cfg.kafka_bootstrap:
+        return None
+    from pipeline.replication import check
+    from pipeline.streams.replicated import worker_topic_names
+
+    async def ask() -> Any:
+        return await asyncio.wait_for(
+            check(
+                cfg.kafka_client_kwargs(),
+                worker_topic_names(cfg),
+                cfg.replication_factor,
+                cfg.min_insync_replicas,
+            ),
+            KAFKA_STATUS_TIMEOUT_S,
+        )
+
+    try:
+        results = asyncio.run(ask())
+    except (PipelineError, TimeoutError) as exc:
+        return {"error": str(exc) or "no answer in time", "under_replicated": None}
+    return {
+        "error": None,
+        "under_replicated": [
+            {
+                "topic": r.topic,
+                "factor": r.factor,
+                "min_insync_replicas": r.min_insync,
+                "problems": list(r.problems),
+            }
+            for r in results
+            if r.under_replicated
+        ],
+        "shrunk_partitions": {r.topic: r.shrunk_partitions for r in results if r.shrunk_partitions},
+    }
+
+
+def _kafka_lines(kafka: dict[str, Any] | None) -> list[str]:
+    if kafka is None:
+        return []
+    if kafka["error"] is not None:
+        return [f"kafka: unavailable ({kafka['error'][:200]}); the answer above is partial"]
+    lines = [
+        f"under-replicated topic: {u['topic']} ({'; '.join(u['problems'])})"
+        for u in kafka["under_replicated"]
+    ]
+    lines += [
+        f"partitions below their replica count (ISR shrunk): {t} {n}"
+        for t, n in kafka["shrunk_partitions"].items()
+    ]
+    return lines or ["kafka topics: replicated as configured"]
 
 
 # --- retry ------------------------------------------------------------------------------

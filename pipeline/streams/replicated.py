@@ -27,6 +27,9 @@ def leader_topic_name(app: faust.App) -> str:
     return f"{app.conf.id}-__assignor-__leader"
 
 
+SEEN_TABLE = "processed-attempts"
+
+
 def faust_topics(app: faust.App, default_partitions: int) -> list[tuple[str, int, dict[str, str]]]:
     """(name, partitions, topic configs) of every topic faust would create for ``app``."""
     out = [
@@ -62,3 +65,15 @@ async def ensure_worker_topics(
         )
     report(results, metrics, _log)
     return results
+
+
+def worker_topic_names(cfg: Config) -> list[str]:
+    """Every topic the pipeline creates, by name, without building the faust app (for
+    ``pipeline status``); tests/unit/test_worker_topics.py checks it against faust_topics."""
+    group = cfg.processor_group
+    return [
+        cfg.commands_topic,
+        cfg.outcomes_topic,
+        f"{group}-{SEEN_TABLE}-changelog",
+        f"{group}-__assignor-__leader",
+    ]

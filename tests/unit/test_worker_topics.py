@@ -32,3 +32,12 @@ def test_changelog_and_leader_topics_with_their_settings(tmp_path: Any) -> None:
     assert cfg["cleanup.policy"] == "compact,delete"
     assert cfg["min.insync.replicas"] == "2"
     assert topics["x-propagation-processor-__assignor-__leader"] == (1, {})
+
+
+def test_status_names_the_same_topics_as_the_worker_creates(tmp_path: Any) -> None:
+    from pipeline.streams.replicated import worker_topic_names
+
+    cfg = Config(topic_prefix="x-", partitions=4, data_dir=str(tmp_path))
+    app = build_app(cfg, Metrics(["tier_elevation"]), lambda: None, None, Replication(3, 2))
+    made = [cfg.commands_topic, cfg.outcomes_topic] + [n for n, _p, _c in faust_topics(app, 4)]
+    assert worker_topic_names(cfg) == made
