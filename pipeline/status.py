@@ -18,6 +18,7 @@ from pipeline.config import PARTIAL_EXIT_CODE
 from pipeline.errors import PipelineError, StoreError
 
 KAFKA_STATUS_TIMEOUT_S = 4.0  # `pipeline status` answers within 5 s with a broker down
+LAG_WITHIN_S = 3.5  # `pipeline lag` too (plus the clients' start)
 
 if TYPE_CHECKING:
     from pipeline.lag import LagReport, Source
@@ -286,9 +287,10 @@ async def _lag_loop(
 
     async with LagProbe(kw, database_url) as probe:
         while True:
-            show(await probe.measure(sources))
+            report = await probe.measure(sources, within_s=LAG_WITHIN_S)
+            show(report)
             if watch is None:
-                return 0
+                return PARTIAL_EXIT_CODE if report.partial else 0
             await asyncio.sleep(watch)
 
 
@@ -302,7 +304,8 @@ async def _lag_live(
     async with LagProbe(kw, database_url) as probe:
         with Live(auto_refresh=False) as live:
             while True:
-                live.update(_lag_renderable(await probe.measure(sources)), refresh=True)
+                report = await probe.measure(sources, within_s=LAG_WITHIN_S)
+                live.update(_lag_renderable(report), refresh=True)
                 await asyncio.sleep(watch)
 
 
@@ -321,11 +324,16 @@ def _lag_rows(report: LagReport) -> list[list[str]]:
             f"{p.lag_seconds:.1f}",
         ]
         for p in report.partitions
-    ]
+    ] + [[g, t, str(p), *(["unavailable"] * 4)] for g, t, p in report.unavailable]
 
 
 def _lag_footer(report: LagReport) -> list[str]:
     lines = [f"missing topic: {t}" for t in report.topics_missing]
+    if report.partial:
+        lines.append(
+            f"partial answer: {len(report.unavailable)} partition(s) unavailable "
+            "(a broker did not answer in time)"
+        )
     if report.outbox is not None:
         lines.append(
             f"outbox: {report.outbox.due_unpublished} due unpublished, oldest "
