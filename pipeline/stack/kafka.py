@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -281,10 +282,11 @@ class KafkaBroker:
         procs.terminate(self.pid, timeout)
         self._forget()
 
-    def kill(self) -> None:
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        """End the process now (``sig``, then SIGKILL if it lingers); SIGKILL is a crash."""
         if self.pid is None:
             return
-        procs.terminate(self.pid, timeout=0)
+        procs.terminate(self.pid, timeout=0, sig=sig)
         self._forget()
 
     def adopt(self, pid: int) -> None:

@@ -25,6 +25,8 @@ _QUORUM_STATE = Path("data") / "__cluster_metadata-0" / "quorum-state"
 
 def cluster_properties(nodes: int) -> dict[str, str]:
     """Broker settings of an ``nodes``-node cluster (a lone broker keeps its own defaults)."""
+    if nodes == 1:
+        return {}
     factor = min(3, nodes)
     min_isr = 2 if factor >= 3 else 1
     return {

@@ -98,6 +98,7 @@ def test_cluster_defaults_replicate_from_three_nodes() -> None:
     assert three["min.insync.replicas"] == "2"
     assert three["offsets.topic.replication.factor"] == "3"
     assert cluster_properties(2)["min.insync.replicas"] == "1"
+    assert cluster_properties(1) == {}  # a quorum of one is the lone broker, unchanged
 
 
 def test_quorum_leader_is_the_newest_epoch(tmp_path: pytest.TempPathFactory) -> None:
