@@ -145,21 +145,26 @@ class FaultWatch:
         self.rate = rate
         self.lag_every_s = lag_every_s
         self.ids: list[int] = []
-        self.lag_answers: list[LagAnswer] = []
+        self.lag_answers: list[LagAnswer] = []  # in process
+        self.cli_answers: list[LagAnswer] = []  # the command, interpreter start included
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._load, daemon=True),
             threading.Thread(target=self._ask_lag, daemon=True),
         ]
         self.errors: list[str] = []
+        self.lag_errors: list[str] = []
+        self.seconds = 0.0
 
     def __enter__(self) -> FaultWatch:
+        self._t0 = time.monotonic()
         self.pids = {n: p.pid for n, p in self.run.p.procs.items()}
         for t in self._threads:
             t.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        self.seconds = time.monotonic() - self._t0
         self._stop.set()
         for t in self._threads:
             t.join(timeout=60)
@@ -172,30 +177,29 @@ class FaultWatch:
             with psycopg.connect(self.run.p.database_url) as conn:
                 while not self._stop.is_set():
                     started = time.monotonic()
-                    batch = []
-                    for _ in range(per_tick):
-                        rid = f"load-{n}"
-                        n += 1
-                        row = conn.execute(
-                            "INSERT INTO pending_propagations"
-                            " (kind, team_id, resource_type, resource_id, payload)"
-                            " VALUES ('tier_elevation', 'team-load', 'postgres', %s, %s)"
-                            " RETURNING id",
-                            (rid, Jsonb({"target_tier": "pro"})),
-                        ).fetchone()
-                        assert row is not None
-                        batch.append((int(row[0]), rid))
+                    rids = [f"load-{n + i}" for i in range(per_tick)]
+                    n += per_tick
+                    rows = conn.execute(
+                        "INSERT INTO pending_propagations"
+                        " (kind, team_id, resource_type, resource_id, payload)"
+                        " SELECT 'tier_elevation', 'team-load', 'postgres', rid, %s"
+                        " FROM unnest(%s::text[]) AS rid RETURNING id, resource_id",
+                        (Jsonb({"target_tier": "pro"}), rids),
+                    ).fetchall()
                     conn.commit()
-                    for pid, rid in batch:
-                        self.ids.append(pid)
-                        self.run.workload.add(pid, LOAD_PATH, ("team-load", "postgres", rid))
+                    for pid, rid in rows:
+                        self.ids.append(int(pid))
+                        self.run.workload.add(int(pid), LOAD_PATH, ("team-load", "postgres", rid))
                     self._stop.wait(max(0.0, tick - (time.monotonic() - started)))
         except Exception as exc:  # recorded: the scenario fails on it
             self.errors.append(f"load: {exc!r}")
 
     def _ask_lag(self) -> None:
+        """``pipeline lag --json`` as an operator runs it (wall time recorded, interpreter
+        start included), and the same measurement in process (its answer time, asserted)."""
         env = self.run.p.env()
         while not self._stop.wait(self.lag_every_s):
+            self.lag_answers.append(self._in_process())
             started = time.monotonic()
             try:
                 res = subprocess.run(
@@ -207,13 +211,35 @@ class FaultWatch:
                     check=False,
                 )
             except subprocess.TimeoutExpired:
-                self.lag_answers.append(LagAnswer(120.0, -1, True))
+                self.cli_answers.append(LagAnswer(120.0, -1, True))
                 continue
             seconds = time.monotonic() - started
             partial = False
             with contextlib.suppress(ValueError):
                 partial = bool(json.loads(res.stdout).get("partial"))
-            self.lag_answers.append(LagAnswer(round(seconds, 2), res.returncode, partial))
+            self.cli_answers.append(LagAnswer(round(seconds, 2), res.returncode, partial))
+
+    def _in_process(self) -> LagAnswer:
+        from pipeline.lag import LagProbe, pipeline_sources
+        from pipeline.status import LAG_WITHIN_S
+
+        run = self.run
+        sources = pipeline_sources(
+            run.processor_group, run.commands_topic, run.projection, run.outcomes_topic
+        )
+
+        async def ask() -> bool:
+            kw = {"bootstrap_servers": run.stack.kafka.bootstrap}
+            async with LagProbe(kw, run.p.database_url) as probe:
+                return (await probe.measure(sources, within_s=LAG_WITHIN_S)).partial
+
+        started = time.monotonic()
+        try:
+            partial = asyncio.run(ask())
+        except Exception as exc:
+            self.lag_errors.append(f"{exc!r}"[:300])
+            return LagAnswer(round(time.monotonic() - started, 2), 1, True)
+        return LagAnswer(round(time.monotonic() - started, 2), 4 if partial else 0, partial)
 
     # -- after the run's checks ----------------------------------------------------------------
 
@@ -257,13 +283,17 @@ def record(run: ChaosRun, watch: FaultWatch, *, strict: bool) -> None:
     run.notes["stall_s"] = stall
     run.notes["restarts"] = restarts
     run.notes["lag_answers"] = [a.__dict__ for a in answers]
+    cli_worst = max((a.seconds for a in watch.cli_answers), default=None)
     run.fault(
         "measured",
         stall_s=stall,
         load_rows=len(watch.ids),
+        offered_per_s=round(len(watch.ids) / max(watch.seconds, 1e-9), 1),
         restarts=restarts,
         lag_worst_s=worst_lag,
         lag_partial=sum(a.partial for a in answers),
+        lag_cli_worst_s=cli_worst,
+        lag_cli_rcs=sorted({a.rc for a in watch.cli_answers}),
     )
     run.check(
         "load_ran", not watch.errors and bool(watch.ids), f"{len(watch.ids)} rows {watch.errors}"
@@ -290,7 +320,8 @@ def record(run: ChaosRun, watch: FaultWatch, *, strict: bool) -> None:
     run.check(
         "lag_answers_in_5s",
         bool(answers) and not slow,
-        f"{len(answers)} answers, worst {worst_lag}s, failing {[a.__dict__ for a in slow]}",
+        f"{len(answers)} answers, worst {worst_lag}s, failing {[a.__dict__ for a in slow]}"
+        f" {watch.lag_errors}",
     )
 
 
