@@ -196,7 +196,7 @@ class LagProbe:
     ) -> LagReport:
         budget = _Budget(within_s)
         topics = sorted({s.topic for s in sources})
-        partitions, missing = await budget.bound(_partitions(admin, topics), 0.3)
+        partitions, missing = await budget.retry(lambda: _partitions(admin, topics), 0.3)
         tps = [TopicPartition(t, p) for t in topics for p in partitions.get(t, [])]
         ends = await budget.per_partition(consumer.end_offsets, tps, 0.35)
         starts = await budget.per_partition(consumer.beginning_offsets, tps, 0.35)
@@ -306,6 +306,20 @@ class _Budget:
 
     async def bound(self, aw: Awaitable[T], fraction: float) -> T:
         return await asyncio.wait_for(aw, self.share(fraction))
+
+    async def retry(self, make: Callable[[], Awaitable[T]], fraction: float) -> T:
+        """``bound``, asked again on a broker error while the share lasts: a metadata
+        request sent to a broker that just died fails at once, another broker answers."""
+        if self._end is None:
+            return await make()
+        until = time.monotonic() + (self.share(fraction) or 0.0)
+        while True:
+            try:
+                return await asyncio.wait_for(make(), max(0.05, until - time.monotonic()))
+            except KafkaError:
+                if time.monotonic() + 0.1 >= until:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def per_partition(
         self,

@@ -37,7 +37,7 @@ def cluster_properties(nodes: int) -> dict[str, str]:
         "transaction.state.log.min.isr": str(min_isr),
         # The controller fences a silent broker after this long and only then moves its
         # partitions' leadership; Kafka's 9 s default is most of a 15 s stall budget.
-        "broker.session.timeout.ms": "6000",
+        "broker.session.timeout.ms": "4000",
         "broker.heartbeat.interval.ms": "1000",
     }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -21,9 +22,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from harness import Pipeline
 
-from pipeline.fake_provisioner import FakeProvisioner
+from pipeline.fake_provisioner import FakeProvisioner, Rule
 from pipeline.outbox import enqueue
 from pipeline.stack.kafka_cluster import KafkaCluster
+from pipeline.streams.shutdown import NOT_DRAINED_EXIT_CODE
 
 pytestmark = pytest.mark.integration
 
@@ -195,3 +197,48 @@ def test_dev_up_brokers_3_lists_every_broker_and_the_quorum_leader(
         assert again.returncode != 0 and "runs with 3 broker(s), not 1" in again.stderr
     finally:
         _cli(env, "dev", "down", "--state-dir", str(state))
+
+
+def test_a_worker_told_to_stop_with_every_broker_gone_exits_within_30s_non_zero(
+    cluster: KafkaCluster, database_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    # Runs last in this module: it takes the cluster down, and brings it back at the end.
+    slow = FakeProvisioner([Rule(match="slow-*", action="ok", latency_ms=3000)], seed=1)
+    slow.start()
+    p = Pipeline(database_url, cluster.bootstrap, str(slow.address), topic_prefix, tmp_path)
+    p.migrate()
+    try:
+        p.start("relay", "worker")
+        with psycopg.connect(database_url) as conn:
+            for i in range(10):
+                enqueue(
+                    conn, "tier_elevation", "t", "postgres", f"slow-{i}", {"target_tier": "pro"}
+                )
+            conn.commit()
+        deadline = time.monotonic() + 180
+        while not slow.calls():  # commands in flight: their outcomes are not produced yet
+            p.assert_running()
+            assert time.monotonic() < deadline, p.logs()
+            time.sleep(0.1)
+        for node in cluster.nodes:
+            node.kill(signal.SIGKILL)
+        worker = p.procs.pop("worker")
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        rc = worker.wait(timeout=120)
+        took = time.monotonic() - started
+        print(f"worker exited rc={rc} {took:.1f}s after SIGTERM with every broker down")
+        assert took < 30, f"{took:.1f}s\n{p.logs()}"
+        assert rc == NOT_DRAINED_EXIT_CODE, p.logs()
+        events = [
+            json.loads(line).get("event")
+            for line in (tmp_path / "worker.log").read_text().splitlines()
+            if line.startswith("{")
+        ]
+        assert "stopped_without_draining" in events
+    finally:
+        p.stop()
+        slow.stop()
+        for node in cluster.nodes:
+            if not node.running:
+                node.launch()

@@ -55,3 +55,30 @@ def test_the_report_marks_unavailable_partitions() -> None:
     assert any("partial answer: 1 partition(s) unavailable" in x for x in _lag_footer(report))
     whole = LagReport(datetime(2026, 1, 1, tzinfo=UTC), [])
     assert not whole.partial and whole.to_dict()["partial"] is False
+
+
+def test_a_broker_error_is_asked_again_within_the_share() -> None:
+    from aiokafka.errors import NodeNotReadyError
+
+    tries: list[int] = []
+
+    async def metadata() -> str:
+        tries.append(1)
+        if len(tries) < 3:  # the first asks went to the broker that just died
+            raise NodeNotReadyError()
+        return "ok"
+
+    assert asyncio.run(_Budget(2.0).retry(metadata, 0.5)) == "ok"
+    assert len(tries) == 3
+
+    async def never() -> str:
+        raise NodeNotReadyError()
+
+    started = time.monotonic()
+    try:
+        asyncio.run(_Budget(1.0).retry(never, 0.3))
+    except NodeNotReadyError:
+        pass
+    else:
+        raise AssertionError("a broker that never answers must end in the error")
+    assert time.monotonic() - started < 3
