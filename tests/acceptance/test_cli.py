@@ -233,7 +233,11 @@ def session(op: Operator) -> None:
         "dead_lettered",
     ]
     assert lines[1:3] == ["tier_elevation\t0\t0\t0\t5\t1", "total\t0\t0\t0\t5\t1"]
-    assert lines[3:] == ["oldest pending: none", "dead-lettered in the last hour: 1"]
+    assert lines[3:] == [
+        "oldest pending: none",
+        "dead-lettered in the last hour: 1",
+        "kafka topics: replicated as configured",  # one broker: factor 1 is the cluster's
+    ]
     lag_lines = op.run("lag").stdout.splitlines()
     assert lag_lines[0].split("\t") == [
         "group",
