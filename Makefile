@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy pipeline
 
-proto: $(STAMP)  ## regenerate pipeline/proto from schemas/provisioner.proto
+proto: $(STAMP)  ## regenerate pipeline/proto from pipeline/schemas/provisioner.proto (a copy of schemas/)
 	$(BIN)/python -m pipeline.proto.generate
 
 proto-check: $(STAMP)

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
 from pipeline.config import REQUIRED_FOR_ALL, Config
@@ -25,6 +26,8 @@ _SETTING_HELP = {
     "relay_batch_size": "rows the relay claims per transaction",
     "relay_poll_interval": "seconds between relay polls when no NOTIFY arrives",
     "worker_concurrency": "commands a worker keeps in flight (one at a time per resource)",
+    "outcome_retention": "retention of the outcome log when created: forever (default) or 90d",
+    "command_retention": "retention of the command topic when created (default 7d)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 
@@ -129,6 +132,10 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     return 0
 
 
+def version() -> str:
+    return metadata.version("pipeline")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Component imports stay inside the command functions so `pipeline --help` stays fast.
     from pipeline import demo, fake_provisioner, history, tail
@@ -147,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Start with `pipeline dev up`, then `pipeline migrate` and `pipeline run`."
         ),
     )
+    # Defined once, in pyproject.toml; read from the installed distribution's metadata.
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import fastjsonschema
@@ -18,7 +18,9 @@ import orjson
 
 from pipeline.events import COMMAND_SCHEMA, OUTCOME_SCHEMA, Command, OutcomeEvent
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# Package data: the published contract in the repository's schemas/ is copied here
+# (tests/unit/test_packaged_schemas.py keeps the two identical).
+SCHEMA_DIR = resources.files("pipeline") / "schemas"
 MAX_EVENT_BYTES = 256 * 1024
 
 

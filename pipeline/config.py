@@ -60,6 +60,11 @@ class Config:
     relay_batch_size: int = 500
     relay_poll_interval: float = 1.0
     worker_concurrency: int = 64
+    # Retention of the topics the pipeline creates, in ms (-1: forever). The outcome log is
+    # the source the projection and every backfill are rebuilt from, so it is kept forever
+    # unless bounded on purpose; a command is only needed until the worker has read it.
+    outcome_retention: int = -1
+    command_retention: int = int(timedelta(days=7).total_seconds() * 1000)
     log_level: str = "INFO"
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
@@ -93,6 +98,13 @@ class Config:
     @property
     def projection_name(self) -> str:
         return f"{self.topic_prefix}propagation-projection"
+
+    def topic_configs(self) -> dict[str, dict[str, str]]:
+        """Settings the pipeline's topics are created with: retention is decided, not inherited."""
+        return {
+            self.commands_topic: {"retention.ms": str(self.command_retention)},
+            self.outcomes_topic: {"retention.ms": str(self.outcome_retention)},
+        }
 
     def pinned(self) -> dict[str, Any]:
         """Settings every startup log line carries."""
@@ -186,6 +198,9 @@ class Config:
             problems.append("PIPELINE_MIN_INSYNC_REPLICAS must be between 1 and 32 (0 = auto)")
         elif self.replication_factor and self.min_insync_replicas > self.replication_factor:
             problems.append("PIPELINE_MIN_INSYNC_REPLICAS must not exceed the replication factor")
+        for name, ms in (("OUTCOME", self.outcome_retention), ("COMMAND", self.command_retention)):
+            if ms != -1 and ms < 60_000:
+                problems.append(f"PIPELINE_{name}_RETENTION must be at least 1m, or 'forever'")
         if self.kafka_security_protocol not in SECURITY_PROTOCOLS:
             problems.append(f"PIPELINE_KAFKA_SECURITY_PROTOCOL must be one of {SECURITY_PROTOCOLS}")
         if self.kafka_security_protocol.startswith("SASL"):
@@ -222,6 +237,8 @@ _INTS = {
 }
 _FLOATS = {"backoff_scale", "relay_poll_interval"}
 _SECRETS = {"kafka_sasl_password"}
+_DURATIONS = {"outcome_retention", "command_retention"}
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
 def _coerce(name: str, raw: Any) -> Any:
@@ -231,7 +248,21 @@ def _coerce(name: str, raw: Any) -> Any:
         return float(raw)
     if name in _SECRETS:
         return Secret(raw)
+    if name in _DURATIONS:
+        return duration_ms(str(raw))
     return str(raw)
+
+
+def duration_ms(text: str) -> int:
+    """``forever`` (or -1) is -1; otherwise a number with a unit: 90d, 12h, 30m, 45s, 500ms."""
+    value = text.strip().lower()
+    if value in ("forever", "-1"):
+        return -1
+    unit = next((u for u in ("ms", "s", "m", "h", "d") if value.endswith(u)), "")
+    number = value[: len(value) - len(unit)]
+    if not unit or not number.isdigit():
+        raise ValueError("expected 'forever' or a whole number with a unit: ms, s, m, h, d")
+    return int(number) * _UNITS_MS[unit]
 
 
 def _conninfo_parses(url: str) -> bool:

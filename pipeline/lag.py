@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import psycopg
@@ -81,6 +81,9 @@ class LagReport:
     partitions: list[PartitionLag]
     outbox: Backlog | None = None
     topics_missing: list[str] = field(default_factory=list)
+    # Per topic, the timestamp of its oldest retained record (None: empty): how far back a
+    # replay of that topic can reach.
+    earliest_retained: dict[str, datetime | None] = field(default_factory=dict)
     # (group, topic, partition) that could not be measured in time (a broker down).
     unavailable: list[tuple[str, str, int]] = field(default_factory=list)
 
@@ -113,6 +116,9 @@ class LagReport:
                 }
             ),
             "topics_missing": self.topics_missing,
+            "earliest_retained": {
+                t: iso(at) if at else None for t, at in sorted(self.earliest_retained.items())
+            },
             "unavailable": [
                 {"group": g, "topic": t, "partition": p} for g, t, p in self.unavailable
             ],
@@ -235,7 +241,9 @@ class LagProbe:
                 PartitionLag(src.group, tp.topic, tp.partition, committed, ends[tp], lag, seconds)
             )
         backlog = await OutboxStore(self._conn).backlog() if outbox and self._conn else None
-        return LagReport(now, out, backlog, missing, unavailable)
+        measured = {tp: o for tp, o in starts.items() if tp in ends}
+        earliest = await _earliest(consumer, measured, ends, budget.left(_FETCH_TIMEOUT_S))
+        return LagReport(now, out, backlog, missing, earliest, unavailable)
 
     async def _committed(
         self, admin: AIOKafkaAdminClient, src: Source, partitions: list[int]
@@ -344,6 +352,40 @@ class _Budget:
             elif not isinstance(a, (TimeoutError, KafkaError)):
                 raise a
         return out
+
+
+async def _earliest(
+    consumer: AIOKafkaConsumer,
+    starts: dict[TopicPartition, int],
+    ends: dict[TopicPartition, int],
+    within_s: float = _FETCH_TIMEOUT_S,
+) -> dict[str, datetime | None]:
+    """Per topic, the timestamp of the oldest record still on the log (at the log start)."""
+    wanted = {tp: o for tp, o in starts.items() if o < ends[tp]}
+    stamps = await _timestamps(consumer, wanted, within_s)
+    out: dict[str, datetime | None] = {tp.topic: None for tp in starts}
+    for (tp, _offset), ms in stamps.items():
+        at = datetime.fromtimestamp(ms / 1000, tz=UTC)
+        seen = out[tp.topic]
+        out[tp.topic] = at if seen is None else min(seen, at)
+    return out
+
+
+async def earliest_retained(client_kwargs: dict[str, Any], topic: str) -> datetime | None:
+    """The oldest retained record's timestamp of one topic (``pipeline status``)."""
+    from pipeline.topics import partitions_for
+
+    tps = [TopicPartition(topic, p) for p in await partitions_for(client_kwargs, topic)]
+    consumer = AIOKafkaConsumer(**client_kwargs, group_id=None, enable_auto_commit=False)
+    try:
+        await consumer.start()
+        starts = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        return (await _earliest(consumer, starts, ends))[topic]
+    except KafkaError as exc:
+        raise BrokerError(f"cannot read the log start of {topic}: {exc}") from exc
+    finally:
+        await consumer.stop()
 
 
 async def measure(

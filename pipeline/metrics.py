@@ -190,9 +190,24 @@ class Metrics:
                 bounded(event.skip_reason_bucket or OTHER_BUCKET, BUCKETS, OTHER_BUCKET),
             ).inc()
         if event.dead_letter_reason is not None:
-            reason = event.dead_letter_reason
-            label = UNKNOWN_KIND_LABEL if reason is DeadLetterReason.UNKNOWN_KIND else kind
-            self.dead_lettered.labels(reason.value, label).inc()
+            self.dead_lettered.labels(
+                *self._dead_letter_labels(event.dead_letter_reason, kind)
+            ).inc()
+
+    def _dead_letter_labels(self, reason: DeadLetterReason, kind_label: str) -> tuple[str, str]:
+        return reason.value, (
+            UNKNOWN_KIND_LABEL if reason is DeadLetterReason.UNKNOWN_KIND else kind_label
+        )
+
+    def expose_dead_letter_series(self) -> None:
+        """Export every dead-letter series at 0 before the first dead letter.
+
+        ``increase()`` cannot see the first value of a new series: without a scraped 0, a
+        process's first dead letter of a reason and kind would never fire the alert.
+        """
+        for reason in DeadLetterReason:
+            for kind in (*sorted(self.known_kinds), UNKNOWN_KIND_LABEL):
+                self.dead_lettered.labels(*self._dead_letter_labels(reason, kind))
 
     def record_unknown_kind(self, kind: str) -> None:
         self.unknown_kind.labels(self._unknown_kinds(kind)).inc()

@@ -67,6 +67,7 @@ async def ensure_pipeline_topics(cfg: Config, metrics: Metrics, component: str) 
         cfg.partitions,
         cfg.replication_factor,
         cfg.min_insync_replicas,
+        configs=cfg.topic_configs(),
     )
     report(results, metrics, logs.get(component))
 
@@ -151,6 +152,7 @@ def run_worker(cfg: Config) -> int:
     from pipeline.streams.app import run_worker as faust_worker
 
     metrics = new_metrics()
+    metrics.expose_dead_letter_series()  # before /metrics serves: the first scrape sees 0s
     health = httpd.Health(stale_after=30.0)
     _serve_http(cfg, metrics, health, "worker")
     return faust_worker(cfg, metrics, provisioner_factory(cfg), health)

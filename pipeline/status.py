@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import getpass
 import sys
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ KAFKA_STATUS_TIMEOUT_S = 4.0  # `pipeline status` answers within 5 s with a brok
 LAG_WITHIN_S = 3.5  # `pipeline lag` too (plus the clients' start)
 
 if TYPE_CHECKING:
+    from pipeline.config import Config
     from pipeline.lag import LagReport, Source
 
 
@@ -130,10 +132,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             report = status_store.status(conn)
     except psycopg.Error as exc:
         raise StoreError(f"cannot read status: {exc}") from exc
-    kafka = _kafka_section(cfg)
+    # Both Kafka questions at once, each bounded: status answers within 5 s with a broker down.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        log_start_f = pool.submit(_outcome_log_start, cfg)
+        kafka_f = pool.submit(_kafka_section, cfg)
+        log_start, kafka = log_start_f.result(), kafka_f.result()
     rc = 0 if kafka is None or kafka["error"] is None else PARTIAL_EXIT_CODE
     if args.json:
-        _print_json(report.to_dict() | {"kafka": kafka, "partial": rc != 0})
+        _print_json(
+            {**report.to_dict(), "outcome_log": log_start, "kafka": kafka, "partial": rc != 0}
+        )
         return rc
     columns = ["kind", *status_store.STATES]
     rows = [
@@ -148,6 +156,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     footer = [
         f"oldest pending: {oldest}",
         f"dead-lettered in the last hour: {report.dead_lettered_last_hour}",
+        f"outcome log {log_start['topic']}: earliest retained record "
+        + (log_start["error"] or log_start["earliest_retained"] or "none (empty log)")
+        + " (a replay or rebuild reaches back no further)",
         *_kafka_lines(kafka),
     ]
     if sys.stdout.isatty():
@@ -216,6 +227,32 @@ def _kafka_lines(kafka: dict[str, Any] | None) -> list[str]:
         for t, n in kafka["shrunk_partitions"].items()
     ]
     return lines or ["kafka topics: replicated as configured"]
+
+
+def _outcome_log_start(cfg: Config) -> dict[str, Any]:
+    """How far back the outcome log reaches; an error is shown, not raised (status is DB-first)."""
+    from pipeline.events import iso
+    from pipeline.lag import earliest_retained
+
+    doc: dict[str, Any] = {"topic": cfg.outcomes_topic, "earliest_retained": None, "error": None}
+    if not cfg.kafka_bootstrap:
+        doc["error"] = "unknown: set PIPELINE_KAFKA_BOOTSTRAP to read it"
+        return doc
+    try:
+        at = asyncio.run(
+            asyncio.wait_for(
+                earliest_retained(cfg.kafka_client_kwargs(), cfg.outcomes_topic),
+                KAFKA_STATUS_TIMEOUT_S,
+            )
+        )
+    except TimeoutError:
+        doc["error"] = f"unknown: Kafka did not answer within {KAFKA_STATUS_TIMEOUT_S:.0f} s"
+        return doc
+    except PipelineError as exc:
+        doc["error"] = f"unknown: {exc}"
+        return doc
+    doc["earliest_retained"] = iso(at) if at else None
+    return doc
 
 
 # --- retry ------------------------------------------------------------------------------
@@ -328,12 +365,18 @@ def _lag_rows(report: LagReport) -> list[list[str]]:
 
 
 def _lag_footer(report: LagReport) -> list[str]:
+    from pipeline.events import iso
+
     lines = [f"missing topic: {t}" for t in report.topics_missing]
     if report.partial:
         lines.append(
             f"partial answer: {len(report.unavailable)} partition(s) unavailable "
             "(a broker did not answer in time)"
         )
+    lines += [
+        f"{t}: earliest retained record {iso(at) if at else 'none (empty)'}"
+        for t, at in sorted(report.earliest_retained.items())
+    ]
     if report.outbox is not None:
         lines.append(
             f"outbox: {report.outbox.due_unpublished} due unpublished, oldest "

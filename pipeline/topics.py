@@ -18,7 +18,7 @@ async def ensure_topics(
     partitions: int,
     replication: int = 0,
     min_insync: int = 0,
-    configs: dict[str, str] | None = None,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> list[rep.TopicReplication]:
     """Create what is missing, wait until every broker shows it, and describe what exists."""
     admin = AIOKafkaAdminClient(**client_kwargs)
@@ -28,13 +28,17 @@ async def ensure_topics(
         missing = [n for n in names if n not in existing]
         # Replication (pipeline/replication.py): 0 = what the cluster says.
         want = await rep.resolve(admin, replication, min_insync)
-        topic_configs = (configs or {}) | want.topic_configs()
         if missing:
             # another component may have created it first
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [
-                        NewTopic(n, partitions, want.factor, topic_configs=topic_configs)
+                        NewTopic(
+                            n,
+                            partitions,
+                            want.factor,
+                            topic_configs=(configs or {}).get(n, {}) | want.topic_configs(),
+                        )
                         for n in missing
                     ]
                 )

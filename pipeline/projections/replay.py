@@ -15,18 +15,22 @@ Three ways to run, by how they commit:
   (``--restart`` ignores the saved position). When it completes, the live checkpoints move
   forward to where it ended, never back, and only on partitions where it started at or
   before the live checkpoint (otherwise the projector still has the gap to fold).
-* **--rebuild**: reset the projected columns, delete the audit rows and this projection's
-  checkpoints and fold from the beginning, *all in one transaction on the live tables*, not
-  in a shadow schema: the projected state is columns of ``pending_propagations``, a table
-  the relay and enqueuers write concurrently, so swapping in a shadow copy would lose their
-  writes, while one transaction shows readers the old state until the commit and the new
-  one after, never a half-rebuilt one (audit rows go with DELETE, not TRUNCATE, whose lock
-  would block readers). The cost: rows stay locked during the rebuild, so the relay (SKIP
-  LOCKED) waits for it, and an interrupted rebuild rolls back whole and starts over. The
-  relay's rescue lease on attempts in flight (not in the log) is kept. The report counts
-  rows whose projected columns differ from before: 0 means the projection equalled the log.
-* **--dry-run**: either of the above inside one transaction that is rolled back, so the
-  report (events, rows changed, audit rows added) is exactly what would happen.
+* **--rebuild**: reset the rows whose *whole* outcome history lies in the range read and
+  fold that range again, *all in one transaction on the live tables*, not in a shadow
+  schema: the projected state is columns of ``pending_propagations``, a table the relay and
+  enqueuers write concurrently, so swapping in a shadow copy would lose their writes, while
+  one transaction shows readers the old state until the commit and the new one after. Each
+  row records where its first outcome lies on the log (``first_outcome_*``, written by the
+  fold); a row whose first outcome is before the range (retention trimmed it, or
+  ``--from-*`` skipped it), on another topic (another prefix sharing the database) or
+  unknown keeps its projection. A rebuild that would have to keep rows of its own topic
+  this way refuses (exit 5) unless ``--covered-only`` narrows it to what the log covers.
+  The audit table is append-only: a rebuild adds missing rows (by ``event_id``) and never
+  deletes one. A terminal row is never reopened, and the relay's rescue lease on attempts
+  in flight (not in the log) is kept: a replay never makes a row due.
+* **--dry-run**: either of the above inside one transaction that is rolled back, on private
+  copies of the tables taken in one snapshot, so the report is exactly what a real run
+  would do; it needs no projection lock and works beside a live projector.
 
 A replay and the live projector must not both write: replay takes the projector's
 session-level advisory lock (``pg_try_advisory_lock(hashtext(<projection>))``) and refuses,
@@ -41,148 +45,45 @@ import asyncio
 import contextlib
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pipeline import logs
 from pipeline.errors import PipelineError, StoreError
-from pipeline.tail import LogReader, StartPoint, add_start_options, install_stop, start_from_args
+from pipeline.projections.replay_report import (
+    LogProgress,
+    Progress,
+    ReplayOptions,
+    ReplayReport,
+    RichProgress,
+    locate,
+)
+from pipeline.tail import (
+    ALL_PARTITIONS,
+    LogReader,
+    add_start_options,
+    install_stop,
+    start_from_args,
+)
 
 if TYPE_CHECKING:
     import psycopg
 
     from pipeline.projections.replay_store import ReplayStore
-    from pipeline.projections.store import Located, ProjectionStore
+    from pipeline.projections.store import ProjectionStore
 
 _log = logs.get("replay")
 CURSOR_SUFFIX = "#replay"
+REFUSED_EXIT_CODE = 5  # a refused replay: the lock is held, or the log lacks needed history
+# Rows a rebuild keeps that it would have had to reset: their history is not in the range.
+NEEDED = ("first_outcome_before_range", "unknown_provenance")
 
 
 class ReplayRefused(PipelineError):
     """The projection is being written by someone else (a live projector, another replay)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ReplayOptions:
-    start: StartPoint = field(default_factory=StartPoint)
-    rebuild: bool = False
-    dry_run: bool = False
-    wait: bool = False
-    restart: bool = False
-    batch_size: int = 2000
-    max_rate: float | None = None  # events per second, to spare a busy database
-    progress_interval: float = 5.0
-
-
-@dataclass(slots=True)
-class ReplayReport:
-    mode: str
-    dry_run: bool
-    events_read: int = 0
-    events_folded: int = 0
-    invalid_skipped: int = 0
-    rows_changed: int = 0  # events whose fold changed a propagation row
-    audit_rows_added: int = 0
-    rows_differing: int | None = None  # rebuild: rows unlike before it (0: nothing drifted)
-    resumed: bool = False
-    interrupted: bool = False
-    committed: bool = False
-    partitions: dict[int, list[int]] = field(default_factory=dict)  # p -> [start, end]
-    seconds: float = 0.0
-    events_per_second: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["partitions"] = {str(p): v for p, v in self.partitions.items()}  # JSON keys
-        return doc
-
-
-class Progress(Protocol):
-    def update(self, reader: LogReader) -> None: ...
-    def close(self, reader: LogReader) -> None: ...
-
-
-class LogProgress:
-    """Not a terminal: one JSON log line per interval, with per-partition counts."""
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._t0 = self._last = time.monotonic()
-
-    def update(self, reader: LogReader) -> None:
-        if time.monotonic() - self._last >= self._interval:
-            self._emit(reader, "replay_progress")
-
-    def close(self, reader: LogReader) -> None:
-        self._emit(reader, "replay_progress_final")
-
-    def _emit(self, reader: LogReader, name: str) -> None:
-        self._last = time.monotonic()
-        done = sum(reader.done(p) for p in reader.starts)
-        eps = done / max(self._last - self._t0, 1e-9)
-        total = reader.total
-        logs.event(
-            _log,
-            name,
-            done=done,
-            total=total,
-            events_per_second=round(eps, 1),
-            eta_s=round((total - done) / eps, 1) if eps > 0 else None,
-            partitions={
-                str(p): [reader.done(p), reader.ends[p] - reader.starts[p]] for p in reader.starts
-            },
-        )
-
-
-class RichProgress:
-    """A terminal: one bar per partition and one for the total, with events/s and ETA."""
-
-    def __init__(self, reader: LogReader) -> None:
-        import rich.progress as rp
-        from rich.console import Console
-        from rich.text import Text
-
-        class Speed(rp.ProgressColumn):
-            def render(self, task: Any) -> Text:
-                return Text(f"{task.speed or 0:>9,.0f} ev/s")
-
-        cols = (rp.BarColumn(), rp.MofNCompleteColumn(), Speed(), rp.TimeRemainingColumn())
-        self._bars = rp.Progress(
-            rp.TextColumn("{task.description}"), *cols, console=Console(stderr=True)
-        )
-        self._tasks = {
-            p: self._bars.add_task(f"partition {p}", total=reader.ends[p] - reader.starts[p])
-            for p in sorted(reader.starts)
-        }
-        self._total = self._bars.add_task("total", total=reader.total)
-        self._bars.start()
-
-    def update(self, reader: LogReader) -> None:
-        for p, task in self._tasks.items():
-            self._bars.update(task, completed=reader.done(p))
-        self._bars.update(self._total, completed=sum(reader.done(p) for p in self._tasks))
-
-    def close(self, reader: LogReader) -> None:
-        self.update(reader)
-        self._bars.stop()
-
-
-def _locate(batch: list[Any]) -> tuple[list[Located], dict[tuple[str, int], int], int]:
-    """Decodes a batch as the projector does: undecodable messages are skipped, not fatal."""
-    from pipeline import codec
-    from pipeline.projections.store import Located
-
-    items: list[Located] = []
-    next_offsets: dict[tuple[str, int], int] = {}
-    invalid = 0
-    for msg in batch:
-        next_offsets[(msg.topic, msg.partition)] = msg.offset + 1
-        decoded = codec.decode_outcome(msg.value)
-        if isinstance(decoded, codec.Undecodable):
-            invalid += 1
-            continue
-        items.append(Located(decoded, msg.topic, msg.partition, msg.offset))
-    return items, next_offsets, invalid
+class HistoryMissing(ReplayRefused):
+    """A rebuild would need outcome history the range read does not hold."""
 
 
 class Replayer:
@@ -216,6 +117,8 @@ class Replayer:
             raise StoreError(f"cannot connect to Postgres: {exc}") from exc
         async with conn:
             rstore = ReplayStore(conn, self._projection)
+            if self._opt.dry_run:  # private copies: no lock, nothing the live pipeline sees
+                return await self._replay(conn, rstore, stop)
             await self._lock(rstore, stop)
             try:
                 return await self._replay(conn, rstore, stop)
@@ -232,7 +135,8 @@ class Replayer:
                 raise ReplayRefused(
                     f"projection {self._projection!r} is locked by a live projector or another "
                     f"replay: {who}. Stop it first (a projector restarted during the replay "
-                    "waits as a standby), or pass --wait to wait for the lock."
+                    "waits as a standby), pass --wait to wait for the lock, or --dry-run to "
+                    "see what a replay would change without the lock."
                 )
             if not announced:
                 logs.event(_log, "waiting_for_lock", projection=self._projection, holder=who)
@@ -248,54 +152,22 @@ class Replayer:
     ) -> ReplayReport:
         import psycopg
 
-        from pipeline.projections.store import ProjectionStore
-
         o = self._opt
         report = ReplayReport("rebuild" if o.rebuild else "replay", o.dry_run)
-        reader = LogReader(
-            self._kafka, self._topic, StartPoint() if o.rebuild else o.start, bounded=True
-        )
+        reader = LogReader(self._kafka, self._topic, o.start, bounded=True)
         await reader.open()
         try:
-            requested = dict(reader.starts)
-            live = ProjectionStore(conn, self._projection)
-            cursor_name = self._projection + CURSOR_SUFFIX
-            cursor_store = ProjectionStore(conn, cursor_name)
-            checkpoints = await live.load_checkpoints(self._topic)
-            if not o.rebuild and not o.restart:
-                for p, at in (await cursor_store.load_checkpoints(self._topic)).items():
-                    if p in reader.starts and reader.starts[p] < at <= reader.ends[p]:
-                        reader.seek(p, at)
-                        report.resumed = True
-            report.partitions = {p: [reader.starts[p], reader.ends[p]] for p in reader.starts}
-            logs.event(_log, "replay_started", total=reader.total, **report.to_dict())
-            audit_before = await rstore.count_audit()
             t0 = time.monotonic()
             if o.rebuild or o.dry_run:
                 async with conn.transaction() as tx:
-                    if o.rebuild:
-                        await rstore.begin_rebuild(self._topic)
-                    await self._fold_all(reader, live if o.rebuild else cursor_store, stop, report)
-                    report.interrupted = not reader.finished()
-                    if o.rebuild and not report.interrupted:
-                        report.rows_differing = await rstore.finish_rebuild()
-                    report.audit_rows_added = await rstore.count_audit() - audit_before
+                    if o.dry_run:
+                        await rstore.shadow()
+                    await self._run_range(conn, rstore, reader, stop, report)
                     if o.dry_run or report.interrupted:
                         raise psycopg.Rollback(tx)
                     report.committed = True
             else:
-                if o.restart:
-                    await rstore.clear_checkpoints(cursor_name, self._topic)
-                await self._fold_all(reader, cursor_store, stop, report)
-                report.interrupted = not reader.finished()
-                if not report.interrupted:
-                    advance = {
-                        p: reader.ends[p]
-                        for p in reader.ends
-                        if requested[p] <= checkpoints.get(p, 0)
-                    }
-                    await rstore.finish_replay(self._topic, advance, cursor_name)
-                report.audit_rows_added = await rstore.count_audit() - audit_before
+                await self._run_range(conn, rstore, reader, stop, report)
                 report.committed = True
             report.seconds = round(time.monotonic() - t0, 3)
             report.events_per_second = round(report.events_read / max(report.seconds, 1e-9), 1)
@@ -303,6 +175,80 @@ class Replayer:
             await reader.close()
         logs.event(_log, "replay_finished", **report.to_dict())
         return report
+
+    async def _run_range(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        rstore: ReplayStore,
+        reader: LogReader,
+        stop: asyncio.Event,
+        report: ReplayReport,
+    ) -> None:
+        """Fold the range into the replay's cursor, then move the live checkpoints forward.
+
+        A rebuild first resets the rows in range (and refuses, or keeps, rows that need
+        history outside it). Runs in the caller's transaction for a rebuild or a dry run.
+        """
+        from pipeline.projections.store import ProjectionStore
+
+        o = self._opt
+        cursor_name = self._projection + CURSOR_SUFFIX
+        cursor_store = ProjectionStore(conn, cursor_name)
+        requested = dict(reader.starts)
+        checkpoints = await ProjectionStore(conn, self._projection).load_checkpoints(self._topic)
+        if o.restart or o.rebuild:
+            await rstore.clear_checkpoints(cursor_name, self._topic)
+        else:
+            for p, at in (await cursor_store.load_checkpoints(self._topic)).items():
+                if p in reader.starts and reader.starts[p] < at <= reader.ends[p]:
+                    reader.seek(p, at)
+                    report.resumed = True
+        report.partitions = {p: [reader.starts[p], reader.ends[p]] for p in reader.starts}
+        if o.rebuild:
+            await self._reset(rstore, reader, report)
+        logs.event(_log, "replay_started", total=reader.total, **report.to_dict())
+        audit_before = await rstore.count_audit()
+        await self._fold_all(reader, cursor_store, stop, report)
+        report.interrupted = not reader.finished()
+        if not report.interrupted:
+            if o.rebuild:
+                kept, differing = await rstore.finish_rebuild()
+                self._count_kept(report, "terminal_kept", kept)
+                report.rows_reset = (report.rows_reset or 0) - kept
+                report.rows_differing, report.differing_ids = len(differing), differing[:100]
+            # The live checkpoints move forward to where the replay ended, never back, and
+            # only where it started at or before them (otherwise the projector still has the
+            # gap to fold).
+            advance = {
+                p: reader.ends[p] for p in reader.ends if requested[p] <= checkpoints.get(p, 0)
+            }
+            await rstore.finish_replay(self._topic, advance, cursor_name)
+        report.audit_rows_added = await rstore.count_audit() - audit_before
+
+    async def _reset(self, rstore: ReplayStore, reader: LogReader, report: ReplayReport) -> None:
+        read = {p: (reader.starts[p], reader.ends[p]) for p in reader.starts}
+        classes = await rstore.classify(self._topic, read)
+        needed = {k: n for k, n in classes.items() if k in NEEDED}
+        if needed and not self._opt.covered_only:
+            raise HistoryMissing(
+                f"refusing to rebuild: {sum(needed.values())} rows have outcome history that "
+                f"the range read does not hold ({_reasons(needed)}; range read, partition: "
+                f"[start, end) = {_ranges(read)}). Resetting them would un-apply them and "
+                "lose their history. Pass --covered-only to rebuild only the rows whose "
+                "whole history the log still covers (the others keep their projection and "
+                "audit), or start from an earlier point. See docs/runbook.md, 'Rebuilding on "
+                "a trimmed log'."
+            )
+        for reason, n in classes.items():
+            if reason != "in_range":
+                self._count_kept(report, reason, n)
+        report.rows_reset = await rstore.begin_rebuild(self._topic, read)
+
+    @staticmethod
+    def _count_kept(report: ReplayReport, reason: str, n: int) -> None:
+        if n:
+            report.kept_reasons[reason] = report.kept_reasons.get(reason, 0) + n
+        report.rows_kept = (report.rows_kept or 0) + n
 
     async def _fold_all(
         self, reader: LogReader, store: ProjectionStore, stop: asyncio.Event, report: ReplayReport
@@ -314,7 +260,7 @@ class Replayer:
         try:
             async for batch in reader.batches(stop, self._opt.batch_size):
                 if batch:
-                    items, next_offsets, invalid = _locate(batch)
+                    items, next_offsets, invalid = locate(batch)
                     changed = await store.fold_batch(items, next_offsets)
                     report.events_read += len(batch)
                     report.events_folded += len(items)
@@ -330,6 +276,14 @@ class Replayer:
             progress.close(reader)
 
 
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
+
+
+def _ranges(read: dict[int, tuple[int, int]]) -> str:
+    return ", ".join(f"{p}: [{a}, {b})" for p, (a, b) in sorted(read.items()))
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     import orjson
 
@@ -337,8 +291,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     cfg = load_config(args, ("database_url", "kafka_bootstrap"))
     start = start_from_args(args)
-    if args.rebuild and start.where != "beginning":
-        raise PipelineError("--rebuild always replays from the beginning; drop --from-*")
+    if args.rebuild and set(start.offsets) - {ALL_PARTITIONS}:
+        raise PipelineError("--rebuild reads every partition: give --from-offset as one offset")
+    if args.covered_only and not args.rebuild:
+        raise PipelineError("--covered-only narrows a --rebuild; add --rebuild")
     if args.batch_size < 1 or (args.max_rate is not None and args.max_rate <= 0):
         raise PipelineError("--batch-size and --max-rate must be positive")
     options = ReplayOptions(
@@ -347,6 +303,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         wait=args.wait,
         restart=args.restart,
+        covered_only=args.covered_only,
         batch_size=args.batch_size,
         max_rate=args.max_rate,
         progress_interval=args.progress_interval,
@@ -364,7 +321,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             tty=sys.stderr.isatty(),
         ).run(stop)
 
-    report = asyncio.run(main())
+    try:
+        report = asyncio.run(main())
+    except ReplayRefused as exc:
+        print(f"pipeline replay: {exc}", file=sys.stderr)
+        return REFUSED_EXIT_CODE
     print(orjson.dumps(report.to_dict()).decode(), flush=True)
     if report.interrupted:
         one_tx = options.rebuild or options.dry_run
@@ -386,14 +347,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             "propagation_audit with the projector's own (idempotent) fold. Refuses while a "
             "live projector holds the projection lock (or waits with --wait). Examples: "
             "pipeline replay --from-timestamp 2025-01-31T12:00Z --dry-run; "
-            "pipeline replay --rebuild. Prints a JSON report on stdout."
+            "pipeline replay --rebuild. Prints a JSON report on stdout. A rebuild never "
+            "deletes audit rows and never un-applies a row; it refuses (exit 5) when rows "
+            "need history the log no longer holds, unless --covered-only. Exit codes: 0 done, "
+            "2 bad usage, 5 refused (lock held or history trimmed), 130 interrupted."
         ),
     )
     add_start_options(p, default="beginning")
     flag = {"action": "store_true"}
     for name, kw, text in (
-        ("--rebuild", flag, "rebuild projected columns and audit rows from the whole log"),
-        ("--dry-run", flag, "report what would change, then roll back: writes nothing"),
+        ("--rebuild", flag, "reset and refold the rows whose whole history is in the range"),
+        ("--covered-only", flag,
+         "with --rebuild: keep rows whose history the log lacks (trimmed) instead of refusing"),
+        ("--dry-run", flag,
+         "report exactly what would change, on a private snapshot: writes nothing, needs no lock"),
         ("--wait", flag, "wait for the projection lock instead of refusing"),
         ("--restart", flag, "ignore the position saved by an interrupted replay"),
         ("--batch-size", {"type": int, "default": 2000}, "events per transaction"),

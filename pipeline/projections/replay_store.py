@@ -1,7 +1,9 @@
 """SQL of ``pipeline replay`` beside the projector's fold (which it reuses, never copies).
 
-Here: the projection lock and who holds it, the reset of a rebuild, the before/after
-comparison a rebuild or dry run reports, and the checkpoints a replay leaves behind.
+Here: the projection lock and who holds it, the private snapshot of a dry run, which rows
+a rebuild may reset (only those whose first outcome lies in the range it read, on its own
+topic), the reset, the before/after comparison it reports, and the checkpoints a replay
+leaves behind. No statement here deletes an audit row: the audit table is append-only.
 The fold itself is ``ProjectionStore.fold_batch``: a replay and the live projector must
 produce the same rows from the same events, so they run the same statements.
 """
@@ -30,25 +32,71 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
   AND l.classid::bigint = ((hashtext(%s)::bigint >> 32) & 4294967295)
 """
 
-# What a rebuild compares: the projected columns (next_attempt_at only where it still
-# matters, on open rows).
-SNAPSHOT_SQL = """
-CREATE TEMP TABLE replay_before ON COMMIT DROP AS
-SELECT id, attempts, applied_at, failed_at, last_outcome, last_error, last_skip_reason,
-       next_attempt_at
-FROM pending_propagations
+# The range a replay read, per partition: [start_offset, end_offset).
+_RANGE = "unnest(%s::int[], %s::bigint[], %s::bigint[]) AS r(partition, start_offset, end_offset)"
+
+# Every row with outcome history, by where that history starts relative to the range read:
+# only `in_range` rows are reset and refolded; the others keep their projection.
+CLASSIFY_SQL = f"""
+SELECT CASE
+         WHEN p.first_outcome_topic IS NULL THEN 'unknown_provenance'
+         WHEN p.first_outcome_topic <> %s THEN 'other_topic'
+         WHEN r.partition IS NULL OR p.first_outcome_offset < r.start_offset
+           THEN 'first_outcome_before_range'
+         WHEN p.first_outcome_offset >= r.end_offset THEN 'first_outcome_after_range'
+         ELSE 'in_range'
+       END, count(*)
+FROM pending_propagations p LEFT JOIN {_RANGE} ON r.partition = p.first_outcome_partition
+WHERE p.first_outcome_topic IS NOT NULL OR p.attempts > 0 OR p.last_outcome IS NOT NULL
+   OR p.applied_at IS NOT NULL OR p.failed_at IS NOT NULL
+GROUP BY 1
 """
 
+SCOPE_SQL = f"""
+CREATE TEMP TABLE replay_scope ON COMMIT DROP AS
+SELECT p.id FROM pending_propagations p JOIN {_RANGE} ON r.partition = p.first_outcome_partition
+WHERE p.first_outcome_topic = %s
+  AND p.first_outcome_offset >= r.start_offset AND p.first_outcome_offset < r.end_offset
+"""
+
+# Lock the rows first, so the snapshot below is what the reset overwrites (the relay may
+# have stamped a lease since the scope was read).
+LOCK_SCOPE_SQL = (
+    "SELECT id FROM pending_propagations WHERE id IN (SELECT id FROM replay_scope) FOR UPDATE"
+)
+
+# What a rebuild compares and restores (next_attempt_at only where it still matters).
+_COLUMNS = """attempts, applied_at, failed_at, last_outcome, last_error, last_skip_reason,
+       next_attempt_at, first_outcome_topic, first_outcome_partition, first_outcome_offset"""
+SNAPSHOT_SQL = f"""
+CREATE TEMP TABLE replay_before ON COMMIT DROP AS
+SELECT id, {_COLUMNS} FROM pending_propagations WHERE id IN (SELECT id FROM replay_scope)
+"""
+
+# next_attempt_at is left alone: the fold sets it from the outcomes it folds, and a reset
+# must never make a row due (only the relay's rescue of an attempt in flight does that).
 RESET_SQL = """
 UPDATE pending_propagations
 SET attempts = 0, applied_at = NULL, failed_at = NULL, last_outcome = NULL,
-    last_error = NULL, last_skip_reason = NULL, next_attempt_at = created_at
+    last_error = NULL, last_skip_reason = NULL, first_outcome_topic = NULL,
+    first_outcome_partition = NULL, first_outcome_offset = NULL
+WHERE id IN (SELECT id FROM replay_scope)
 """
 
-# DELETE, not TRUNCATE: TRUNCATE's exclusive lock would block every reader of the audit
-# table for the whole rebuild; DELETE lets them read the old rows until the commit.
-CLEAR_AUDIT_SQL = "DELETE FROM propagation_audit"
-CLEAR_CHECKPOINTS_SQL = "DELETE FROM projection_checkpoints WHERE projection = %s AND topic = %s"
+# A replay never reopens (or flips) a terminal row: were it reopened, the relay would
+# execute it again. A refold that disagrees (an operator retry, a drifted row) keeps the row
+# as it was, and the report counts it.
+KEEP_TERMINAL_SQL = f"""
+UPDATE pending_propagations p
+SET ({_COLUMNS}) = (b.attempts, b.applied_at, b.failed_at, b.last_outcome, b.last_error,
+    b.last_skip_reason, b.next_attempt_at, b.first_outcome_topic, b.first_outcome_partition,
+    b.first_outcome_offset)
+FROM replay_before b
+WHERE b.id = p.id
+  AND ((b.applied_at IS NOT NULL AND p.applied_at IS NULL)
+       OR (b.failed_at IS NOT NULL AND p.failed_at IS NULL))
+RETURNING p.id
+"""
 
 # The relay, not the log, owns the rescue lease it stamps into next_attempt_at when it
 # publishes: an attempt in flight keeps it, or the rebuild would trigger an early rescue.
@@ -61,7 +109,7 @@ WHERE b.id = p.id AND p.applied_at IS NULL AND p.failed_at IS NULL
 """
 
 DIFF_SQL = """
-SELECT count(*) FROM pending_propagations p JOIN replay_before b ON b.id = p.id
+SELECT p.id FROM pending_propagations p JOIN replay_before b ON b.id = p.id
 WHERE (p.attempts, p.applied_at, p.failed_at, p.last_outcome, p.last_error,
        p.last_skip_reason)
       IS DISTINCT FROM
@@ -69,9 +117,34 @@ WHERE (p.attempts, p.applied_at, p.failed_at, p.last_outcome, p.last_error,
        b.last_skip_reason)
    OR (p.applied_at IS NULL AND p.failed_at IS NULL
        AND p.next_attempt_at IS DISTINCT FROM b.next_attempt_at)
+ORDER BY p.id
+"""
+
+# A dry run works on private copies (temporary tables shadow the real ones by name for
+# this session) taken in one snapshot, so it runs the very statements of a real run without
+# the projection lock and without locking a row the live pipeline writes.
+SHADOW_SQL = (
+    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ WRITE",
+    # pg_temp is searched first by default; a search_path that lists it later must not
+    # send a dry run's writes to the real tables.
+    "SELECT set_config('search_path', 'pg_temp, ' || current_setting('search_path'), true)",
+    "CREATE TEMP TABLE pending_propagations ON COMMIT DROP AS SELECT * FROM pending_propagations",
+    "ALTER TABLE pg_temp.pending_propagations ADD PRIMARY KEY (id)",
+    "CREATE TEMP TABLE propagation_audit ON COMMIT DROP AS SELECT * FROM propagation_audit",
+    "ALTER TABLE pg_temp.propagation_audit ADD PRIMARY KEY (event_id)",
+    "CREATE TEMP TABLE projection_checkpoints ON COMMIT DROP AS"
+    " SELECT * FROM projection_checkpoints",
+    "ALTER TABLE pg_temp.projection_checkpoints ADD PRIMARY KEY (projection, topic, partition)",
+)
+SHADOWED_SQL = """
+SELECT count(*) FROM unnest(ARRAY['pending_propagations', 'propagation_audit',
+    'projection_checkpoints']) AS t(name)
+WHERE to_regclass(t.name) IS DISTINCT FROM to_regclass('pg_temp.' || t.name)
 """
 
 COUNT_AUDIT_SQL = "SELECT count(*) FROM propagation_audit"
+
+CLEAR_CHECKPOINTS_SQL = "DELETE FROM projection_checkpoints WHERE projection = %s AND topic = %s"
 
 # A replay only moves the live checkpoint forward, never back.
 ADVANCE_CHECKPOINT_SQL = """
@@ -128,24 +201,55 @@ class ReplayStore:
     async def count_audit(self) -> int:
         return int(await self._one(COUNT_AUDIT_SQL))
 
-    async def begin_rebuild(self, topic: str) -> None:
-        """Snapshot, then reset the projected state; call inside the rebuild's transaction."""
+    async def shadow(self) -> None:
+        """First thing in a dry run's transaction: private copies of the projected tables."""
         try:
             async with self._conn.cursor() as cur:
+                for sql in SHADOW_SQL:
+                    await cur.execute(sql)
+                # Checked, not assumed: a dry run must never write to the real tables.
+                await cur.execute(SHADOWED_SQL)
+                row = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise StoreError(f"dry run snapshot failed: {exc}") from exc
+        if not row or row[0]:
+            raise StoreError("dry run refused: the private copies do not shadow the real tables")
+
+    async def classify(self, topic: str, read: dict[int, tuple[int, int]]) -> dict[str, int]:
+        """Rows with outcome history, counted by where it starts against the range read."""
+        try:
+            cur = await self._conn.execute(CLASSIFY_SQL, (topic, *_range(read)))
+            return {str(k): int(n) for k, n in await cur.fetchall()}
+        except psycopg.Error as exc:
+            raise StoreError(f"classifying rows for the rebuild failed: {exc}") from exc
+
+    async def begin_rebuild(self, topic: str, read: dict[int, tuple[int, int]]) -> int:
+        """Snapshot, then reset the rows in range; returns how many. Inside the transaction."""
+        try:
+            async with self._conn.cursor() as cur:
+                await cur.execute(SCOPE_SQL, (*_range(read), topic))
+                await cur.execute(LOCK_SCOPE_SQL)
                 await cur.execute(SNAPSHOT_SQL)
                 await cur.execute(RESET_SQL)
-                await cur.execute(CLEAR_AUDIT_SQL)
-                await cur.execute(CLEAR_CHECKPOINTS_SQL, (self._projection, topic))
+                return int(cur.rowcount)
         except psycopg.Error as exc:
             raise StoreError(f"rebuild reset failed: {exc}") from exc
 
-    async def finish_rebuild(self) -> int:
-        """Restore relay leases; returns how many rows differ from before the rebuild."""
+    async def finish_rebuild(self) -> tuple[int, list[int]]:
+        """Keep terminal rows terminal, restore relay leases.
+
+        Returns how many rows were kept as they were because the refold would have reopened
+        them, and the ids of the rows that differ from before the rebuild.
+        """
         try:
-            await self._conn.execute(RESTORE_LEASES_SQL)
+            async with self._conn.cursor() as cur:
+                await cur.execute(KEEP_TERMINAL_SQL)
+                kept = cur.rowcount
+                await cur.execute(RESTORE_LEASES_SQL)
+                await cur.execute(DIFF_SQL)
+                return int(kept), [int(r[0]) for r in await cur.fetchall()]
         except psycopg.Error as exc:
             raise StoreError(f"rebuild finish failed: {exc}") from exc
-        return int(await self._one(DIFF_SQL))
 
     async def clear_checkpoints(self, projection: str, topic: str) -> None:
         try:
@@ -164,3 +268,8 @@ class ReplayStore:
                 await cur.execute(CLEAR_CHECKPOINTS_SQL, (cursor, topic))
         except psycopg.Error as exc:
             raise StoreError(f"finishing the replay failed: {exc}") from exc
+
+
+def _range(read: dict[int, tuple[int, int]]) -> tuple[list[int], list[int], list[int]]:
+    parts = sorted(read)
+    return parts, [read[p][0] for p in parts], [read[p][1] for p in parts]

@@ -29,7 +29,9 @@ ON CONFLICT (event_id) DO NOTHING
 """
 
 # Idempotent fold: an outcome for an attempt already folded (attempts >= attempt) or for a
-# row already terminal matches no row and changes nothing.
+# row already terminal matches no row and changes nothing. The first outcome folded into a
+# row records where it lies on the log (first_outcome_*): a replay refolds a row only when
+# it read that position, so a row whose history retention trimmed keeps its projection.
 FOLD_SQL = """
 UPDATE pending_propagations AS p
 SET attempts = v.attempt,
@@ -38,11 +40,16 @@ SET attempts = v.attempt,
     last_skip_reason = v.skip_reason,
     applied_at = CASE WHEN v.applied THEN v.occurred_at END,
     failed_at = CASE WHEN v.failed THEN v.occurred_at END,
-    next_attempt_at = coalesce(v.next_attempt_at, p.next_attempt_at)
+    next_attempt_at = coalesce(v.next_attempt_at, p.next_attempt_at),
+    first_outcome_topic = coalesce(p.first_outcome_topic, v.topic),
+    first_outcome_partition = CASE WHEN p.first_outcome_topic IS NULL THEN v.partition
+                                   ELSE p.first_outcome_partition END,
+    first_outcome_offset = CASE WHEN p.first_outcome_topic IS NULL THEN v.log_offset
+                                ELSE p.first_outcome_offset END
 FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[], %s::text[], %s::bool[],
-    %s::bool[], %s::timestamptz[], %s::timestamptz[])
+    %s::bool[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::int[], %s::bigint[])
     AS v(propagation_id, attempt, outcome, error, skip_reason, applied, failed,
-         occurred_at, next_attempt_at)
+         occurred_at, next_attempt_at, topic, partition, log_offset)
 WHERE p.id = v.propagation_id
   AND p.applied_at IS NULL AND p.failed_at IS NULL
   AND p.attempts < v.attempt
@@ -73,10 +80,11 @@ class Located:
     offset: int
 
 
-def fold_columns(events: Sequence[OutcomeEvent]) -> list[list[Any]]:
+def fold_columns(items: Sequence[Located]) -> list[list[Any]]:
     """Column arrays for FOLD_SQL, one entry per event."""
-    cols: list[list[Any]] = [[] for _ in range(9)]
-    for e in events:
+    cols: list[list[Any]] = [[] for _ in range(12)]
+    for item in items:
+        e = item.event
         row = (
             e.propagation_id,
             e.attempt,
@@ -87,6 +95,9 @@ def fold_columns(events: Sequence[OutcomeEvent]) -> list[list[Any]]:
             e.outcome in _DEAD,
             parse_iso(e.occurred_at),
             parse_iso(e.next_attempt_at) if e.next_attempt_at else None,
+            item.topic,
+            item.partition,
+            item.offset,
         )
         for col, value in zip(cols, row, strict=True):
             col.append(value)
@@ -155,7 +166,7 @@ class ProjectionStore:
                 if items:
                     await cur.execute(INSERT_AUDIT_SQL, audit_columns(items))
                 for idx in rounds(items):
-                    await cur.execute(FOLD_SQL, fold_columns([items[i].event for i in idx]))
+                    await cur.execute(FOLD_SQL, fold_columns([items[i] for i in idx]))
                     hit = {int(r[0]) for r in await cur.fetchall()}
                     for i in idx:
                         changed[i] = items[i].event.propagation_id in hit

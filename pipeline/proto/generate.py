@@ -1,4 +1,4 @@
-"""Regenerate the provisioner stubs from ``schemas/provisioner.proto``, or check they are fresh.
+"""Regenerate the provisioner stubs from the packaged ``provisioner.proto``, or check them.
 
 Usage::
 
@@ -6,7 +6,9 @@ Usage::
     python -m pipeline.proto.generate --check  # exit 1 when the committed files are stale
 
 The generated code is committed (so installing the package needs no grpcio-tools), which is why
-a freshness check exists: a proto edit without regeneration fails the unit tests.
+a freshness check exists: a proto edit without regeneration fails the unit tests. The proto is
+read from the package (``pipeline/schemas``, a checked copy of the published ``schemas/``), so the
+check works wherever the package is installed, not only in a source tree.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ import argparse
 import sys
 import tempfile
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMAS_DIR = REPO_ROOT / "schemas"
-PROTO_FILE = "provisioner.proto"
+PROTO = resources.files("pipeline") / "schemas" / "provisioner.proto"
 OUT_DIR = Path(__file__).resolve().parent
 GENERATED = ("provisioner_pb2.py", "provisioner_pb2.pyi", "provisioner_pb2_grpc.py")
 
@@ -38,16 +39,17 @@ def generate(out_dir: Path = OUT_DIR) -> None:
     from grpc_tools import protoc
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    # protoc embeds paths relative to -I, so the output does not depend on where it runs.
-    args = [
-        "grpc_tools.protoc",
-        f"-I{SCHEMAS_DIR}",
-        f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        str(SCHEMAS_DIR / PROTO_FILE),
-    ]
-    rc = protoc.main(args)
+    with resources.as_file(PROTO) as proto:
+        # protoc embeds paths relative to -I, so the output does not depend on where it runs.
+        args = [
+            "grpc_tools.protoc",
+            f"-I{proto.parent}",
+            f"--python_out={out_dir}",
+            f"--pyi_out={out_dir}",
+            f"--grpc_python_out={out_dir}",
+            str(proto),
+        ]
+        rc = protoc.main(args)
     if rc != 0:
         raise RuntimeError(f"protoc failed with exit code {rc}")
     grpc_file = out_dir / "provisioner_pb2_grpc.py"
@@ -76,7 +78,7 @@ def stale_files(out_dir: Path = OUT_DIR) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.proto.generate",
-        description="Regenerate pipeline/proto from schemas/provisioner.proto.",
+        description="Regenerate pipeline/proto from pipeline/schemas/provisioner.proto.",
     )
     parser.add_argument(
         "--check",

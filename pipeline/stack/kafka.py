@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 
 from pipeline.errors import StackError
@@ -59,10 +60,12 @@ logger.statechange.level = WARN
 
 
 def pom_path() -> Path:
-    path = Path(__file__).resolve().parents[2] / "compose" / "kafka-pom.xml"
-    if not path.is_file():
-        raise StackError(f"Kafka pom not found at {path} (is the package installed editable?)")
-    return path
+    # Package data, so an installed wheel has it too. mvn needs a file on disk: wheels install
+    # unpacked, so the resource is a real path (a zipped install would be refused here).
+    resource = resources.files("pipeline.stack") / "kafka-pom.xml"
+    if not isinstance(resource, Path) or not resource.is_file():
+        raise StackError(f"Kafka pom not found at {resource}: package data missing from install")
+    return resource
 
 
 @contextmanager

@@ -58,10 +58,11 @@ async def ensure_worker_topics(
         cfg.partitions,
         want.factor,
         want.min_insync,
+        configs=cfg.topic_configs(),
     )
     for name, partitions, configs in faust_topics(app, cfg.partitions):
         results += await ensure_topics(
-            kw, [name], partitions, want.factor, want.min_insync, configs=configs
+            kw, [name], partitions, want.factor, want.min_insync, configs={name: configs}
         )
     report(results, metrics, _log)
     return results

@@ -233,11 +233,12 @@ def session(op: Operator) -> None:
         "dead_lettered",
     ]
     assert lines[1:3] == ["tier_elevation\t0\t0\t0\t5\t1", "total\t0\t0\t0\t5\t1"]
-    assert lines[3:] == [
-        "oldest pending: none",
-        "dead-lettered in the last hour: 1",
-        "kafka topics: replicated as configured",  # one broker: factor 1 is the cluster's
-    ]
+    assert lines[3:5] == ["oldest pending: none", "dead-lettered in the last hour: 1"]
+    # How far back a replay can reach: the outcome log's oldest retained record.
+    assert len(lines) == 7 and lines[5].startswith(
+        f"outcome log {prefix}propagation-outcomes: earliest retained record 20"
+    )
+    assert lines[6] == "kafka topics: replicated as configured"  # one broker: factor 1
     lag_lines = op.run("lag").stdout.splitlines()
     assert lag_lines[0].split("\t") == [
         "group",
@@ -248,7 +249,11 @@ def session(op: Operator) -> None:
         "lag",
         "lag_seconds",
     ]
-    assert len(lag_lines) == 1 + 6 + 1 and lag_lines[-1].startswith("outbox: 0 due unpublished")
+    assert len(lag_lines) == 1 + 6 + 2 + 1 and lag_lines[-1].startswith("outbox: 0 due unpublished")
+    assert [line.split(": earliest retained record 20")[0] for line in lag_lines[-3:-1]] == [
+        f"{prefix}propagation-outcomes",
+        f"{prefix}propagations",
+    ]
 
     # Refusals: an applied propagation, an unknown id.
     res = op.run("retry", str(ids[0]), check=False)

@@ -26,6 +26,7 @@ from chaoslib import (
 )
 from harness import dedupe
 from prometheus_client.parser import text_string_to_metric_families
+from retention_scenarios import RETENTION_SCENARIOS
 
 from pipeline.events import COMMAND_SCHEMA, OUTCOME_SCHEMA, command_event_id, iso, utcnow
 from pipeline.fake_provisioner import Rule
@@ -636,4 +637,5 @@ SCENARIOS = [
     Scenario("bad_input", bad_input, seed=111, extra_paths=BAD_OUTBOX, after=bad_input_checks),
     Scenario("cardinality", cardinality, seed=112, after=cardinality_checks),
 ]
+SCENARIOS += RETENTION_SCENARIOS  # replays on a trimmed log, two prefixes on one database
 BY_NAME = {s.name: s for s in SCENARIOS}

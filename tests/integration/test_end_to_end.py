@@ -61,7 +61,9 @@ KINDS = ["tier_elevation", "tier_demotion", "resource_suspend", "resource_resume
 ORDERED = [("tier_elevation", "pro"), ("tier_demotion", "free"), ("tier_elevation", "team")]
 
 
-def seed_workload(database_url: str) -> tuple[dict[int, Path_], list[list[int]]]:
+def seed_workload(
+    database_url: str, paths: tuple[Path_, ...] = tuple(PATHS)
+) -> tuple[dict[int, Path_], list[list[int]]]:
     """Enqueue every path; returns id -> path and the ids of each ordered resource."""
     unknown_kind = f"kind_{uuid.uuid4().hex[:8]}"
     by_id: dict[int, Path_] = {}
@@ -70,7 +72,7 @@ def seed_workload(database_url: str) -> tuple[dict[int, Path_], list[list[int]]]
         # A value the running worker does not know: a newer API enqueued it.
         conn.execute(f"ALTER TYPE propagation_kind ADD VALUE '{unknown_kind}'")
     with psycopg.connect(database_url) as conn:
-        for path in PATHS:
+        for path in paths:
             for i in range(path.count):
                 kind = unknown_kind if path.kind == "UNKNOWN" else path.kind
                 if path.prefix == "ok":

@@ -2,6 +2,7 @@
 
 import random
 import string
+from dataclasses import replace
 
 from pipeline.events import DeadLetterReason, Outcome, OutcomeEvent
 from pipeline.metrics import Metrics
@@ -60,3 +61,28 @@ def test_unsafe_label_values_never_become_series() -> None:
     metrics.record_unknown_kind('evil"} 1\n# injected')
     metrics.record_unknown_kind("A" * 500)
     assert metrics.sample("instant_propagation_unknown_kind_total", {"kind": "other"}) == 2.0
+
+
+def test_every_dead_letter_series_is_exported_at_zero_before_the_first_dead_letter() -> None:
+    # increase() ignores a series' first sample: the alert on dead letters needs a scraped 0
+    # of exactly the series a dead letter later increments.
+    metrics = Metrics(build_registry().kinds)
+    metrics.expose_dead_letter_series()
+    name = "instant_propagation_dead_lettered_total"
+    exposed = metrics.series_count(name)
+    assert exposed == 2 * (len(metrics.known_kinds) + 1) + 1
+    assert (
+        metrics.registry.get_sample_value(
+            name, {"reason": "max_attempts", "kind": "tier_elevation"}
+        )
+        == 0
+    )
+    kinds = [*metrics.known_kinds, "kind_from_a_newer_api"]
+    for reason in DeadLetterReason:
+        for kind in kinds:
+            metrics.record_outcome(
+                replace(_event(kind, "r", "postgres", 0), dead_letter_reason=reason)
+            )
+    assert metrics.series_count(name) == exposed  # each dead letter landed on a 0 series
+    total = sum(s.value for f in metrics.registry.collect() for s in f.samples if s.name == name)
+    assert total == len(DeadLetterReason) * len(kinds)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -161,6 +161,19 @@ def test_prometheus_scrapes_every_component_and_loads_the_rules() -> None:
         port = _environment(services[component])["PIPELINE_METRICS_PORT"]
         assert f"{component}:{port}" in targets, f"prometheus does not scrape {component}"
     assert set(METRIC_NAME.findall(PROMETHEUS.read_text())) <= exported_names()
+
+
+def test_rule_paths_resolve_to_the_alerts_both_locally_and_in_the_container() -> None:
+    # Prometheus resolves a relative rule path against the config file's folder: locally that
+    # is compose/prometheus, in the container the folder compose mounts the config into.
+    rule_files = yaml.safe_load(PROMETHEUS.read_text())["rule_files"]
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in services["prometheus"]["volumes"])
+    config_dir = PurePosixPath(mounts["./prometheus/prometheus.yml"]).parent
+    for rule_file in rule_files:
+        assert not Path(rule_file).is_absolute(), f"{rule_file}: breaks promtool outside Docker"
+        assert (PROMETHEUS.parent / rule_file).resolve() == ALERTS
+        assert str(config_dir / rule_file) == mounts["./prometheus/alerts.yml"]
 
 
 def test_grafana_provisioning_points_at_prometheus_and_the_dashboard() -> None:
