@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
+import contextlib
 import getpass
+import queue
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from pipeline.config import PARTIAL_EXIT_CODE
-from pipeline.errors import PipelineError, StoreError
+from pipeline.errors import BrokerError, PipelineError, StoreError
 
 KAFKA_STATUS_TIMEOUT_S = 4.0  # `pipeline status` answers within 5 s with a broker down
-LAG_WITHIN_S = 3.5  # `pipeline lag` too (plus the clients' start)
+LAG_WITHIN_S = 2.5  # `pipeline lag` too, plus the clients' start:
+LAG_START_S = 2.0
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -133,10 +136,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     except psycopg.Error as exc:
         raise StoreError(f"cannot read status: {exc}") from exc
     # Both Kafka questions at once, each bounded: status answers within 5 s with a broker down.
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        log_start_f = pool.submit(_outcome_log_start, cfg)
-        kafka_f = pool.submit(_kafka_section, cfg)
-        log_start, kafka = log_start_f.result(), kafka_f.result()
+    log_start_get = _in_daemon(lambda: _outcome_log_start(cfg))
+    kafka_get = _in_daemon(lambda: _kafka_section(cfg))
+    late = f"no answer within {KAFKA_STATUS_TIMEOUT_S:.0f} s"
+    log_start = log_start_get(
+        KAFKA_STATUS_TIMEOUT_S + 0.5,
+        {"topic": cfg.outcomes_topic, "earliest_retained": None, "error": f"unknown: {late}"},
+    )
+    kafka = kafka_get(0.5, {"error": late, "under_replicated": None})
     rc = 0 if kafka is None or kafka["error"] is None else PARTIAL_EXIT_CODE
     if args.json:
         _print_json(
@@ -173,6 +180,32 @@ def cmd_status(args: argparse.Namespace) -> int:
         for line in footer:
             print(line)
     return rc
+
+
+def _in_daemon(fn: Callable[[], Any]) -> Callable[[float, Any], Any]:
+    """Start ``fn`` in a daemon thread; the returned getter waits at most its timeout and then
+    answers its fallback. A Kafka client that does not let go (its event loop's shutdown waits
+    for tasks a dead broker keeps busy) then cannot hold the command past its bound."""
+    box: queue.Queue[tuple[bool, Any]] = queue.Queue(1)
+
+    def run() -> None:
+        try:
+            box.put((True, fn()))
+        except BaseException as exc:  # handed to the caller
+            box.put((False, exc))
+
+    threading.Thread(target=run, daemon=True).start()
+
+    def get(timeout: float, fallback: Any) -> Any:
+        try:
+            ok, value = box.get(timeout=timeout)
+        except queue.Empty:
+            return fallback
+        if not ok:
+            raise value
+        return value
+
+    return get
 
 
 def _kafka_section(cfg: Any) -> dict[str, Any] | None:
@@ -310,6 +343,8 @@ def cmd_lag(args: argparse.Namespace) -> int:
         show = _lag_plain
     else:
         return asyncio.run(_lag_live(kw, cfg.database_url, sources, args.watch))
+    if args.watch is None:
+        return _lag_once(kw, cfg.database_url, sources, show)
     return asyncio.run(_lag_loop(kw, cfg.database_url, sources, args.watch, show))
 
 
@@ -329,6 +364,28 @@ async def _lag_loop(
             if watch is None:
                 return PARTIAL_EXIT_CODE if report.partial else 0
             await asyncio.sleep(watch)
+
+
+def _lag_once(
+    kw: dict[str, Any], database_url: str, sources: list[Source], show: Callable[[LagReport], None]
+) -> int:
+    """One measurement, answered within its bound even if a client hangs on the way out."""
+    from pipeline.lag import LagProbe
+
+    async def ask() -> LagReport:
+        probe = LagProbe(kw, database_url)
+        await asyncio.wait_for(probe.start(), LAG_START_S)
+        try:
+            return await probe.measure(sources, within_s=LAG_WITHIN_S)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(probe.close(), 1.0)
+
+    report = _in_daemon(lambda: asyncio.run(ask()))(LAG_START_S + LAG_WITHIN_S + 0.5, None)
+    if report is None:
+        raise BrokerError(f"no lag answer from Kafka within {LAG_START_S + LAG_WITHIN_S:.0f} s")
+    show(report)
+    return PARTIAL_EXIT_CODE if report.partial else 0
 
 
 async def _lag_live(

@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from harness import Pipeline
 
+from pipeline.config import PARTIAL_EXIT_CODE
 from pipeline.fake_provisioner import FakeProvisioner, Rule
 from pipeline.outbox import enqueue
 from pipeline.stack.kafka_cluster import KafkaCluster
@@ -197,6 +198,37 @@ def test_dev_up_brokers_3_lists_every_broker_and_the_quorum_leader(
         assert again.returncode != 0 and "runs with 3 broker(s), not 1" in again.stderr
     finally:
         _cli(env, "dev", "down", "--state-dir", str(state))
+
+
+def test_status_and_lag_answer_with_a_broker_down(
+    cluster: KafkaCluster,
+    database_url: str,
+    topic_prefix: str,
+    provisioner: FakeProvisioner,
+    tmp_path: Path,
+) -> None:
+    p = Pipeline(database_url, cluster.bootstrap, str(provisioner.address), topic_prefix, tmp_path)
+    p.migrate()
+    down = cluster.node(2)
+    try:
+        p.start()
+        ids = _enqueue(database_url, 10)
+        p.wait_terminal(ids, timeout=240)
+        down.kill(signal.SIGKILL)
+        for command in ("status", "lag"):
+            started = time.monotonic()
+            res = _cli(p.env(), command, "--json")
+            took = time.monotonic() - started
+            print(f"pipeline {command} with broker 2 down: rc={res.returncode} in {took:.1f}s")
+            assert res.returncode in (0, PARTIAL_EXIT_CODE), res.stderr
+            doc = json.loads(res.stdout)
+            assert doc["partial"] is (res.returncode == PARTIAL_EXIT_CODE)
+        p.assert_running()
+    finally:
+        p.stop()
+        if not down.running:
+            down.launch()
+            down.wait_ready(180)
 
 
 def test_a_worker_told_to_stop_with_every_broker_gone_exits_within_30s_non_zero(
