@@ -28,6 +28,8 @@ DEDUPE_MAX_ENTRIES = 50_000
 DEDUPE_CHANGELOG_RETENTION = timedelta(minutes=15)
 # A component exiting with this code asks its supervisor (`pipeline run`) for a restart.
 RESTART_EXIT_CODE = 3
+# An operator command that answered with part of what it was asked (a broker down).
+PARTIAL_EXIT_CODE = 4
 
 REQUIRED_FOR_ALL = ("database_url", "kafka_bootstrap", "provisioner_addr")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -80,6 +82,10 @@ class Config:
     ui_host: str = "127.0.0.1"
     ui_port: int = 9480
     ui_token: Secret | None = None
+    # 0 = not set: the cluster's default.replication.factor capped by live brokers, and
+    # min.insync.replicas 2 from factor 3 on (pipeline/replication.py decides).
+    replication_factor: int = 0
+    min_insync_replicas: int = 0
 
     @property
     def commands_topic(self) -> str:
@@ -190,6 +196,12 @@ class Config:
             problems.append("PIPELINE_WORKER_CONCURRENCY must be between 1 and 4096")
         if not 0 <= self.provisioner_batch <= 1000:
             problems.append("PIPELINE_PROVISIONER_BATCH must be between 0 and 1000 (0 = off)")
+        if not 0 <= self.replication_factor <= 32:
+            problems.append("PIPELINE_REPLICATION_FACTOR must be between 1 and 32 (0 = cluster's)")
+        if not 0 <= self.min_insync_replicas <= 32:
+            problems.append("PIPELINE_MIN_INSYNC_REPLICAS must be between 1 and 32 (0 = auto)")
+        elif self.replication_factor and self.min_insync_replicas > self.replication_factor:
+            problems.append("PIPELINE_MIN_INSYNC_REPLICAS must not exceed the replication factor")
         for name, ms in (("OUTCOME", self.outcome_retention), ("COMMAND", self.command_retention)):
             if ms != -1 and ms < 60_000:
                 problems.append(f"PIPELINE_{name}_RETENTION must be at least 1m, or 'forever'")
@@ -229,6 +241,8 @@ _INTS = {
     "worker_concurrency",
     "provisioner_batch",
     "ui_port",
+    "replication_factor",
+    "min_insync_replicas",
 }
 _FLOATS = {"backoff_scale", "relay_poll_interval"}
 _SECRETS = {"kafka_sasl_password", "ui_token"}

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -30,6 +31,7 @@ from pipeline.projections.store import ProjectionStore
 
 _log = logs.get("lag")
 _FETCH_TIMEOUT_S = 5.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,12 @@ class LagReport:
     # Per topic, the timestamp of its oldest retained record (None: empty): how far back a
     # replay of that topic can reach.
     earliest_retained: dict[str, datetime | None] = field(default_factory=dict)
+    # (group, topic, partition) that could not be measured in time (a broker down).
+    unavailable: list[tuple[str, str, int]] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.unavailable)
 
     def total(self, group: str) -> int:
         return sum(p.lag for p in self.partitions if p.group == group)
@@ -111,6 +119,10 @@ class LagReport:
             "earliest_retained": {
                 t: iso(at) if at else None for t, at in sorted(self.earliest_retained.items())
             },
+            "unavailable": [
+                {"group": g, "topic": t, "partition": p} for g, t, p in self.unavailable
+            ],
+            "partial": self.partial,
         }
 
 
@@ -166,14 +178,18 @@ class LagProbe:
                     await closer()
         self._admin = self._consumer = self._conn = None
 
-    async def measure(self, sources: Sequence[Source], outbox: bool = True) -> LagReport:
+    async def measure(
+        self, sources: Sequence[Source], outbox: bool = True, within_s: float | None = None
+    ) -> LagReport:
+        """With ``within_s``, every broker call is bounded so the answer comes in about that
+        long: what could not be measured in time is listed as ``unavailable``."""
         if self._admin is None or self._consumer is None:
             raise PipelineError("LagProbe.measure before start")
         now = self._clock()
         try:
-            return await self._measure(self._admin, self._consumer, sources, outbox, now)
-        except KafkaError as exc:
-            raise BrokerError(f"lag measurement failed: {exc}") from exc
+            return await self._measure(self._admin, self._consumer, sources, outbox, now, within_s)
+        except (KafkaError, TimeoutError) as exc:
+            raise BrokerError(f"lag measurement failed: {exc!r}") from exc
 
     async def _measure(
         self,
@@ -182,24 +198,38 @@ class LagProbe:
         sources: Sequence[Source],
         outbox: bool,
         now: datetime,
+        within_s: float | None = None,
     ) -> LagReport:
+        budget = _Budget(within_s)
         topics = sorted({s.topic for s in sources})
-        partitions, missing = await _partitions(admin, topics)
+        partitions, missing = await budget.retry(lambda: _partitions(admin, topics), 0.3)
         tps = [TopicPartition(t, p) for t in topics for p in partitions.get(t, [])]
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps) if tps else {}
-        starts: dict[TopicPartition, int] = await consumer.beginning_offsets(tps) if tps else {}
+        ends = await budget.per_partition(consumer.end_offsets, tps, 0.35)
+        starts = await budget.per_partition(consumer.beginning_offsets, tps, 0.35)
         positions: list[tuple[Source, TopicPartition, int | None, int]] = []
+        unavailable: list[tuple[str, str, int]] = []
         for src in sources:
-            offsets = await self._committed(admin, src, partitions.get(src.topic, []))
-            for p in partitions.get(src.topic, []):
+            parts = partitions.get(src.topic, [])
+            try:
+                offsets = await budget.bound(self._committed(admin, src, parts), 0.5)
+            except (TimeoutError, KafkaError):
+                if within_s is None:
+                    raise
+                offsets = None
+            for p in parts:
                 tp = TopicPartition(src.topic, p)
+                if offsets is None or tp not in ends or tp not in starts:
+                    unavailable.append((src.group, src.topic, p))
+                    continue
                 committed = offsets.get(p)
                 # The oldest unconsumed record: the one at the committed offset, or the log
                 # start if retention removed it (or nothing was committed yet).
                 base = starts[tp] if committed is None else max(committed, starts[tp])
                 positions.append((src, tp, committed, base))
         stamps = await _timestamps(
-            consumer, {tp: base for _s, tp, _c, base in positions if base < ends[tp]}
+            consumer,
+            {tp: base for _s, tp, _c, base in positions if base < ends[tp]},
+            budget.left(_FETCH_TIMEOUT_S),
         )
         now_ms = now.timestamp() * 1000
         out = []
@@ -211,8 +241,9 @@ class LagProbe:
                 PartitionLag(src.group, tp.topic, tp.partition, committed, ends[tp], lag, seconds)
             )
         backlog = await OutboxStore(self._conn).backlog() if outbox and self._conn else None
-        earliest = await _earliest(consumer, starts, ends)
-        return LagReport(now, out, backlog, missing, earliest)
+        measured = {tp: o for tp, o in starts.items() if tp in ends}
+        earliest = await _earliest(consumer, measured, ends, budget.left(_FETCH_TIMEOUT_S))
+        return LagReport(now, out, backlog, missing, earliest, unavailable)
 
     async def _committed(
         self, admin: AIOKafkaAdminClient, src: Source, partitions: list[int]
@@ -242,7 +273,7 @@ async def _partitions(
 
 
 async def _timestamps(
-    consumer: AIOKafkaConsumer, wanted: dict[TopicPartition, int]
+    consumer: AIOKafkaConsumer, wanted: dict[TopicPartition, int], within_s: float
 ) -> dict[tuple[TopicPartition, int], float]:
     """Timestamp (ms) of the first record at or after each wanted offset, keyed by the ask."""
     if not wanted:
@@ -252,7 +283,7 @@ async def _timestamps(
         consumer.seek(tp, offset)
     found: dict[tuple[TopicPartition, int], float] = {}
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + _FETCH_TIMEOUT_S
+    deadline = loop.time() + within_s
     pending = dict(wanted)
     while pending and loop.time() < deadline:
         batch = await consumer.getmany(*pending, timeout_ms=200, max_records=len(pending) * 50)
@@ -263,11 +294,75 @@ async def _timestamps(
     return found
 
 
+class _Budget:
+    """Time left of a measurement; unbounded (the old behaviour) without ``within_s``."""
+
+    def __init__(self, within_s: float | None) -> None:
+        self._end = None if within_s is None else time.monotonic() + within_s
+        self._total = within_s
+
+    def left(self, default: float) -> float:
+        if self._end is None:
+            return default
+        return max(0.05, min(default, self._end - time.monotonic()))
+
+    def share(self, fraction: float) -> float | None:
+        """``fraction`` of the whole budget, never past its end."""
+        if self._end is None or self._total is None:
+            return None
+        return self.left(self._total * fraction)
+
+    async def bound(self, aw: Awaitable[T], fraction: float) -> T:
+        return await asyncio.wait_for(aw, self.share(fraction))
+
+    async def retry(self, make: Callable[[], Awaitable[T]], fraction: float) -> T:
+        """``bound``, asked again on a broker error while the share lasts: a metadata
+        request sent to a broker that just died fails at once, another broker answers."""
+        if self._end is None:
+            return await make()
+        until = time.monotonic() + (self.share(fraction) or 0.0)
+        while True:
+            try:
+                return await asyncio.wait_for(make(), max(0.05, until - time.monotonic()))
+            except KafkaError:
+                if time.monotonic() + 0.1 >= until:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def per_partition(
+        self,
+        ask: Callable[[list[TopicPartition]], Awaitable[dict[TopicPartition, int]]],
+        tps: list[TopicPartition],
+        fraction: float,
+    ) -> dict[TopicPartition, int]:
+        """One request per partition when bounded, so a partition whose leader is away
+        costs only itself; the partitions that did not answer are left out."""
+        if not tps:
+            return {}
+        if self._end is None:
+            return await ask(tps)
+        timeout = self.share(fraction)
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(ask([tp]), timeout) for tp in tps), return_exceptions=True
+        )
+        out: dict[TopicPartition, int] = {}
+        for a in answers:
+            if isinstance(a, dict):
+                out.update(a)
+            elif not isinstance(a, (TimeoutError, KafkaError)):
+                raise a
+        return out
+
+
 async def _earliest(
-    consumer: AIOKafkaConsumer, starts: dict[TopicPartition, int], ends: dict[TopicPartition, int]
+    consumer: AIOKafkaConsumer,
+    starts: dict[TopicPartition, int],
+    ends: dict[TopicPartition, int],
+    within_s: float = _FETCH_TIMEOUT_S,
 ) -> dict[str, datetime | None]:
     """Per topic, the timestamp of the oldest record still on the log (at the log start)."""
-    stamps = await _timestamps(consumer, {tp: o for tp, o in starts.items() if o < ends[tp]})
+    wanted = {tp: o for tp, o in starts.items() if o < ends[tp]}
+    stamps = await _timestamps(consumer, wanted, within_s)
     out: dict[str, datetime | None] = {tp.topic: None for tp in starts}
     for (tp, _offset), ms in stamps.items():
         at = datetime.fromtimestamp(ms / 1000, tz=UTC)

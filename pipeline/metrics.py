@@ -160,6 +160,19 @@ class Metrics:
             ["group", "topic", "partition"],
             registry=r,
         )
+        # Production Kafka (issue 12). Topic labels are the pipeline's own topic names.
+        self.topic_under_replicated = Gauge(
+            "instant_propagation_topic_under_replicated",
+            "1 when a topic's replication factor or min.insync.replicas is below the configured.",
+            ["topic"],
+            registry=r,
+        )
+        self.producer_rebuilds = Counter(
+            "instant_propagation_producer_rebuilds_total",
+            "Kafka producers built anew after a fatal idempotence error (no process restart).",
+            ["component", "error"],
+            registry=r,
+        )
 
     # Label mapping: every value below is from a fixed set or a budget.
     def kind_label(self, kind: str) -> str:

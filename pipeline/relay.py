@@ -25,6 +25,7 @@ from pipeline.errors import StoreError
 from pipeline.events import Command, utcnow
 from pipeline.metrics import Metrics
 from pipeline.outbox import OutboxStore
+from pipeline.producer import HealingProducer
 
 NOTIFY_CHANNEL = "pending_propagations"
 SLOW_CLAIM_S = 0.2  # a healthy claim of 500 rows takes a few milliseconds
@@ -50,7 +51,7 @@ class Relay:
         self,
         *,
         database_url: str,
-        producer: AIOKafkaProducer,
+        producer: AIOKafkaProducer | HealingProducer,
         topic: str,
         metrics: Metrics,
         batch_size: int = 500,
@@ -132,6 +133,12 @@ class Relay:
                     n = await self.relay_once()
                     failures = 0
                 except (StoreError, KafkaError) as exc:
+                    if isinstance(self._producer, HealingProducer):
+                        # A broken idempotent producer never recovers by itself: a new one,
+                        # and the rows of the failed batch (still due) go out at once.
+                        with contextlib.suppress(KafkaError):
+                            if await self._producer.heal(exc):
+                                continue
                     failures += 1
                     pause = min(0.2 * 2**failures, 10.0)
                     logs.event(_log, "batch_failed", error=str(exc)[:500], retry_in_s=pause)

@@ -13,9 +13,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 from pipeline import httpd, logs
-from pipeline.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE, RESTART_EXIT_CODE, Config
+from pipeline.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE, Config
 from pipeline.metrics import Metrics
 from pipeline.registry import build_registry
+from pipeline.replication import report
 from pipeline.topics import ensure_topics
 
 _log = logs.get("services")
@@ -57,6 +58,20 @@ async def _serve_until_signal(
         await beat
 
 
+async def ensure_pipeline_topics(cfg: Config, metrics: Metrics, component: str) -> None:
+    """Create (replicated) or find the two pipeline topics, wait until every broker shows
+    them, and log and export any under-replication."""
+    results = await ensure_topics(
+        cfg.kafka_client_kwargs(),
+        [cfg.commands_topic, cfg.outcomes_topic],
+        cfg.partitions,
+        cfg.replication_factor,
+        cfg.min_insync_replicas,
+        configs=cfg.topic_configs(),
+    )
+    report(results, metrics, logs.get(component))
+
+
 def _serve_http(cfg: Config, metrics: Metrics, health: httpd.Health, component: str) -> int:
     port = httpd.serve(metrics.registry, cfg.metrics_port, cfg.metrics_host, health)
     logs.event(logs.get(component), "http_serving", port=port, host=cfg.metrics_host)
@@ -65,6 +80,7 @@ def _serve_http(cfg: Config, metrics: Metrics, health: httpd.Health, component: 
 
 def run_relay(cfg: Config) -> int:
     from pipeline.lag import LagMonitor, pipeline_sources
+    from pipeline.producer import HealingProducer
     from pipeline.relay import Relay, make_producer
 
     metrics = new_metrics()
@@ -73,11 +89,8 @@ def run_relay(cfg: Config) -> int:
 
     async def main(stop: asyncio.Event) -> None:
         kw = cfg.kafka_client_kwargs()
-        await ensure_topics(
-            kw, [cfg.commands_topic, cfg.outcomes_topic], cfg.partitions,
-            configs=cfg.topic_configs(),
-        )  # fmt: skip
-        producer = make_producer(kw)
+        await ensure_pipeline_topics(cfg, metrics, "relay")
+        producer = HealingProducer(lambda: make_producer(kw), metrics, "relay", logs.get("relay"))
         await producer.start()
         relay = Relay(
             database_url=cfg.database_url,
@@ -119,10 +132,7 @@ def run_projector(cfg: Config) -> int:
 
     async def main(stop: asyncio.Event) -> None:
         kw = cfg.kafka_client_kwargs()
-        await ensure_topics(
-            kw, [cfg.commands_topic, cfg.outcomes_topic], cfg.partitions,
-            configs=cfg.topic_configs(),
-        )  # fmt: skip
+        await ensure_pipeline_topics(cfg, metrics, "projector")
         projector = Projector(
             database_url=cfg.database_url,
             client_kwargs=kw,
@@ -182,8 +192,9 @@ def run_all(cfg: Config, env: dict[str, str]) -> int:
     while True:
         for name, proc in list(procs.items()):
             # A component that asks for a restart (the worker after a stalled faust
-            # recovery) gets one, at most 5 a minute; anything else stops the run.
-            if proc.poll() == RESTART_EXIT_CODE and not stopping:
+            # recovery) or ended on a fatal error (non-zero) gets one, at most 5 a minute;
+            # beyond that, or a clean exit, stops the run.
+            if proc.poll() not in (None, 0) and not stopping:
                 restarts[:] = [t for t in restarts if time.monotonic() - t < 60] + [
                     time.monotonic()
                 ]

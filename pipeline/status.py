@@ -7,14 +7,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
+import queue
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from pipeline.errors import PipelineError, StoreError
+from pipeline.config import PARTIAL_EXIT_CODE
+from pipeline.errors import BrokerError, PipelineError, StoreError
+
+KAFKA_STATUS_TIMEOUT_S = 4.0  # `pipeline status` answers within 5 s with a broker down
+LAG_WITHIN_S = 2.5  # `pipeline lag` too, plus the clients' start:
+LAG_START_S = 2.0
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -127,10 +135,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             report = status_store.status(conn)
     except psycopg.Error as exc:
         raise StoreError(f"cannot read status: {exc}") from exc
-    log_start = _outcome_log_start(cfg)
+    # Both Kafka questions at once, each bounded: status answers within 5 s with a broker down.
+    log_start_get = _in_daemon(lambda: _outcome_log_start(cfg))
+    kafka_get = _in_daemon(lambda: _kafka_section(cfg))
+    late = f"no answer within {KAFKA_STATUS_TIMEOUT_S:.0f} s"
+    log_start = log_start_get(
+        KAFKA_STATUS_TIMEOUT_S + 0.5,
+        {"topic": cfg.outcomes_topic, "earliest_retained": None, "error": f"unknown: {late}"},
+    )
+    kafka = kafka_get(0.5, {"error": late, "under_replicated": None})
+    rc = 0 if kafka is None or kafka["error"] is None else PARTIAL_EXIT_CODE
     if args.json:
-        _print_json({**report.to_dict(), "outcome_log": log_start})
-        return 0
+        _print_json(
+            {**report.to_dict(), "outcome_log": log_start, "kafka": kafka, "partial": rc != 0}
+        )
+        return rc
     columns = ["kind", *status_store.STATES]
     rows = [
         [kind, *(str(by[s]) for s in status_store.STATES)] for kind, by in report.counts.items()
@@ -147,6 +166,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"outcome log {log_start['topic']}: earliest retained record "
         + (log_start["error"] or log_start["earliest_retained"] or "none (empty log)")
         + " (a replay or rebuild reaches back no further)",
+        *_kafka_lines(kafka),
     ]
     if sys.stdout.isatty():
         from rich.console import Console
@@ -159,7 +179,87 @@ def cmd_status(args: argparse.Namespace) -> int:
         _plain(columns, rows)
         for line in footer:
             print(line)
-    return 0
+    return rc
+
+
+def _in_daemon(fn: Callable[[], Any]) -> Callable[[float, Any], Any]:
+    """Start ``fn`` in a daemon thread; the returned getter waits at most its timeout and then
+    answers its fallback. A Kafka client that does not let go (its event loop's shutdown waits
+    for tasks a dead broker keeps busy) then cannot hold the command past its bound."""
+    box: queue.Queue[tuple[bool, Any]] = queue.Queue(1)
+
+    def run() -> None:
+        try:
+            box.put((True, fn()))
+        except BaseException as exc:  # handed to the caller
+            box.put((False, exc))
+
+    threading.Thread(target=run, daemon=True).start()
+
+    def get(timeout: float, fallback: Any) -> Any:
+        try:
+            ok, value = box.get(timeout=timeout)
+        except queue.Empty:
+            return fallback
+        if not ok:
+            raise value
+        return value
+
+    return get
+
+
+def _kafka_section(cfg: Any) -> dict[str, Any] | None:
+    """The pipeline topics' replication, or why it could not be read (within 4 s)."""
+    if not cfg.kafka_bootstrap:
+        return None
+    from pipeline.replication import check
+    from pipeline.streams.replicated import worker_topic_names
+
+    async def ask() -> Any:
+        return await asyncio.wait_for(
+            check(
+                cfg.kafka_client_kwargs(),
+                worker_topic_names(cfg),
+                cfg.replication_factor,
+                cfg.min_insync_replicas,
+            ),
+            KAFKA_STATUS_TIMEOUT_S,
+        )
+
+    try:
+        results = asyncio.run(ask())
+    except (PipelineError, TimeoutError) as exc:
+        return {"error": str(exc) or "no answer in time", "under_replicated": None}
+    return {
+        "error": None,
+        "under_replicated": [
+            {
+                "topic": r.topic,
+                "factor": r.factor,
+                "min_insync_replicas": r.min_insync,
+                "problems": list(r.problems),
+            }
+            for r in results
+            if r.under_replicated
+        ],
+        "shrunk_partitions": {r.topic: r.shrunk_partitions for r in results if r.shrunk_partitions},
+    }
+
+
+def _kafka_lines(kafka: dict[str, Any] | None) -> list[str]:
+    if kafka is None:
+        return []
+    if kafka["error"] is not None:
+        return [f"kafka: unavailable ({kafka['error'][:200]}); the answer above is partial"]
+    lines = [
+        f"under-replicated topic: {u['topic']} ({'; '.join(u['problems'])})"
+        for u in kafka["under_replicated"]
+    ]
+    lines += [
+        f"partitions below their replica count (ISR shrunk): {t} {n}"
+        for t, n in kafka["shrunk_partitions"].items()
+    ]
+    return lines or ["kafka topics: replicated as configured"]
 
 
 def _outcome_log_start(cfg: Config) -> dict[str, Any]:
@@ -173,10 +273,13 @@ def _outcome_log_start(cfg: Config) -> dict[str, Any]:
         return doc
     try:
         at = asyncio.run(
-            asyncio.wait_for(earliest_retained(cfg.kafka_client_kwargs(), cfg.outcomes_topic), 10)
+            asyncio.wait_for(
+                earliest_retained(cfg.kafka_client_kwargs(), cfg.outcomes_topic),
+                KAFKA_STATUS_TIMEOUT_S,
+            )
         )
     except TimeoutError:
-        doc["error"] = "unknown: Kafka did not answer within 10 s"
+        doc["error"] = f"unknown: Kafka did not answer within {KAFKA_STATUS_TIMEOUT_S:.0f} s"
         return doc
     except PipelineError as exc:
         doc["error"] = f"unknown: {exc}"
@@ -240,6 +343,8 @@ def cmd_lag(args: argparse.Namespace) -> int:
         show = _lag_plain
     else:
         return asyncio.run(_lag_live(kw, cfg.database_url, sources, args.watch))
+    if args.watch is None:
+        return _lag_once(kw, cfg.database_url, sources, show)
     return asyncio.run(_lag_loop(kw, cfg.database_url, sources, args.watch, show))
 
 
@@ -254,10 +359,33 @@ async def _lag_loop(
 
     async with LagProbe(kw, database_url) as probe:
         while True:
-            show(await probe.measure(sources))
+            report = await probe.measure(sources, within_s=LAG_WITHIN_S)
+            show(report)
             if watch is None:
-                return 0
+                return PARTIAL_EXIT_CODE if report.partial else 0
             await asyncio.sleep(watch)
+
+
+def _lag_once(
+    kw: dict[str, Any], database_url: str, sources: list[Source], show: Callable[[LagReport], None]
+) -> int:
+    """One measurement, answered within its bound even if a client hangs on the way out."""
+    from pipeline.lag import LagProbe
+
+    async def ask() -> LagReport:
+        probe = LagProbe(kw, database_url)
+        await asyncio.wait_for(probe.start(), LAG_START_S)
+        try:
+            return await probe.measure(sources, within_s=LAG_WITHIN_S)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(probe.close(), 1.0)
+
+    report = _in_daemon(lambda: asyncio.run(ask()))(LAG_START_S + LAG_WITHIN_S + 0.5, None)
+    if report is None:
+        raise BrokerError(f"no lag answer from Kafka within {LAG_START_S + LAG_WITHIN_S:.0f} s")
+    show(report)
+    return PARTIAL_EXIT_CODE if report.partial else 0
 
 
 async def _lag_live(
@@ -270,7 +398,8 @@ async def _lag_live(
     async with LagProbe(kw, database_url) as probe:
         with Live(auto_refresh=False) as live:
             while True:
-                live.update(_lag_renderable(await probe.measure(sources)), refresh=True)
+                report = await probe.measure(sources, within_s=LAG_WITHIN_S)
+                live.update(_lag_renderable(report), refresh=True)
                 await asyncio.sleep(watch)
 
 
@@ -289,13 +418,18 @@ def _lag_rows(report: LagReport) -> list[list[str]]:
             f"{p.lag_seconds:.1f}",
         ]
         for p in report.partitions
-    ]
+    ] + [[g, t, str(p), *(["unavailable"] * 4)] for g, t, p in report.unavailable]
 
 
 def _lag_footer(report: LagReport) -> list[str]:
     from pipeline.events import iso
 
     lines = [f"missing topic: {t}" for t in report.topics_missing]
+    if report.partial:
+        lines.append(
+            f"partial answer: {len(report.unavailable)} partition(s) unavailable "
+            "(a broker did not answer in time)"
+        )
     lines += [
         f"{t}: earliest retained record {iso(at) if at else 'none (empty)'}"
         for t, at in sorted(report.earliest_retained.items())

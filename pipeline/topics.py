@@ -8,6 +8,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from pipeline import replication as rep
 from pipeline.errors import BrokerError
 
 
@@ -15,23 +16,34 @@ async def ensure_topics(
     client_kwargs: dict[str, Any],
     names: list[str],
     partitions: int,
-    replication: int = 1,
+    replication: int = 0,
+    min_insync: int = 0,
     configs: dict[str, dict[str, str]] | None = None,
-) -> None:
+) -> list[rep.TopicReplication]:
+    """Create what is missing, wait until every broker shows it, and describe what exists."""
     admin = AIOKafkaAdminClient(**client_kwargs)
     try:
         await admin.start()
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
+        # Replication (pipeline/replication.py): 0 = what the cluster says.
+        want = await rep.resolve(admin, replication, min_insync)
         if missing:
             # another component may have created it first
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [
-                        NewTopic(n, partitions, replication, topic_configs=(configs or {}).get(n))
+                        NewTopic(
+                            n,
+                            partitions,
+                            want.factor,
+                            topic_configs=(configs or {}).get(n, {}) | want.topic_configs(),
+                        )
                         for n in missing
                     ]
                 )
+        await rep.wait_visible(admin, names)
+        return await rep.describe(admin, names, want)
     except KafkaError as exc:
         raise BrokerError(f"could not ensure topics {names}: {exc}{_hint(client_kwargs)}") from exc
     finally:

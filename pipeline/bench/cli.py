@@ -68,6 +68,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="use the Kafka and Postgres of PIPELINE_KAFKA_BOOTSTRAP / PIPELINE_DATABASE_URL",
     )
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, data)")
+    p.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Kafka nodes of the bench's own stack (default 1); 3 runs a replicated KRaft "
+        "quorum (factor 3, min.insync.replicas 2), to measure what replication costs",
+    )
     p.set_defaults(func=cmd_bench)
 
 
@@ -85,6 +93,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise PipelineError("--workers must be between 1 and --partitions")
     if args.steady_minutes < 0:
         raise PipelineError("--steady-minutes must be 0 or more")
+    if not 1 <= args.brokers <= 9 or (args.use_env and args.brokers != 1):
+        raise PipelineError("--brokers must be between 1 and 9 (and not with --use-env)")
     settings = Settings(
         count=args.count,
         rate=args.rate,
@@ -100,7 +110,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     ok = False
     try:
-        report = _with_stack(args.use_env, workdir, settings)
+        report = _with_stack(args.use_env, workdir, settings, args.brokers)
         ok = True
     finally:
         if ok and not args.keep:
@@ -115,11 +125,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_stack(use_env: bool, workdir: Path, settings: Any) -> dict[str, Any]:
+def _with_stack(use_env: bool, workdir: Path, settings: Any, brokers: int = 1) -> dict[str, Any]:
     from pipeline.bench.run import Stack, run_bench
     from pipeline.config import Config
     from pipeline.stack import procs
-    from pipeline.stack.kafka import KafkaBroker
+    from pipeline.stack.kafka_cluster import KafkaCluster
     from pipeline.stack.postgres import ExternalPostgres, PostgresCluster
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}-"
@@ -134,17 +144,21 @@ def _with_stack(use_env: bool, workdir: Path, settings: Any) -> dict[str, Any]:
         finally:
             server.drop_database(db_name)
     cache = os.environ.get("PIPELINE_STACK_CACHE")
-    broker = KafkaBroker(
-        workdir / "kafka", Path(cache).expanduser() if cache else procs.default_cache_dir()
+    # One node is a KRaft quorum of one: the same broker settings as a lone KafkaBroker.
+    broker = KafkaCluster(
+        workdir / "kafka", Path(cache).expanduser() if cache else procs.default_cache_dir(), brokers
     )
     cluster = PostgresCluster(workdir / "postgres")
     try:
-        _say("starting Kafka and Postgres")
+        _say(f"starting Kafka ({brokers} node(s)) and Postgres")
         broker.start()
         cluster.start()
         url = cluster.create_database(db_name)
-        extra = {"kafka": broker.pid} if broker.pid else {}
+        extra = {
+            "kafka" if brokers == 1 else f"kafka-{n.node_id}": n.pid for n in broker.nodes if n.pid
+        }
         stack = Stack(url, broker.bootstrap, prefix, workdir, extra_pids=extra)
+        settings.brokers = brokers
         return asyncio.run(run_bench(stack, settings))
     finally:
         cluster.stop()

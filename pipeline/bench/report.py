@@ -91,7 +91,9 @@ def _rate(d: dict[str, Any] | None) -> str:
 def render(report: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     meta = report["meta"]
-    t = Table(title=f"pipeline bench: {meta['count']:,} propagations", show_lines=False)
+    brokers = meta.get("brokers", 1)
+    on = f", {brokers} brokers (factor {min(3, brokers)})" if brokers > 1 else ""
+    t = Table(title=f"pipeline bench: {meta['count']:,} propagations{on}", show_lines=False)
     t.add_column("measure")
     t.add_column("value", justify="right")
     e2e = report.get("end_to_end")

@@ -49,6 +49,7 @@ class Settings:
     workers: int = 1  # worker processes (one consumer group)
     steady_minutes: float = 0.0  # > 0: offer ``rate`` this long and sample RSS (flat or not)
     single_calls: bool = True  # also measure saturation with PIPELINE_PROVISIONER_BATCH=0
+    brokers: int = 1  # Kafka nodes of the stack (3: replicated, factor 3, min ISR 2)
     progress: Callable[[str], None] = lambda _msg: None
 
 
@@ -332,6 +333,7 @@ async def run_bench(stack: Stack, s: Settings) -> dict[str, Any]:
             "latency_seconds": s.latency_seconds,
             "partitions": s.partitions,
             "workers": s.workers,
+            "brokers": s.brokers,
             "cpus": os.cpu_count(),
             "loadavg_start": list(os.getloadavg()),
             "topic_prefix": stack.prefix,

@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.errors import StackError
 from pipeline.stack import procs
 from pipeline.stack.kafka import KafkaBroker
+from pipeline.stack.kafka_cluster import KafkaCluster, quorum_leader
 from pipeline.stack.postgres import ExternalPostgres, PostgresCluster, mask_url
 
 STATE_FILE = "state.json"
@@ -54,6 +55,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         )
     )
     up.add_argument("--timeout", type=float, default=120, help="seconds per service to start")
+    up.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Kafka nodes: 1 (default) or a KRaft quorum of N combined broker+controller nodes, "
+        "each with its own ports and data folder; topics then default to factor min(3, N)",
+    )
     up.set_defaults(func=cmd_up)
     down = with_state_dir(dev_sub.add_parser("down", help="stop the stack and forget its state"))
     down.set_defaults(func=cmd_down)
@@ -80,6 +89,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
     state = _load_state(state_dir)
     if state is not None:
+        running = state.get("brokers", 1)
+        if running != args.brokers and any(_service_alive(s) for s in state["services"].values()):
+            raise StackError(
+                f"the dev stack runs with {running} broker(s), not {args.brokers}; "
+                "run `pipeline dev down` first"
+            )
         if all(_service_alive(s) for s in state["services"].values()):
             _info(f"dev stack already running (state in {state_dir})")
             _print_exports(state)
@@ -94,12 +109,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     db: ExternalPostgres | PostgresCluster
     t0 = time.monotonic()
     try:
-        broker = KafkaBroker(state_dir / "kafka", cache_dir, detached=True, run_dir=run_dir)
-        _info(f"starting Kafka (jars cached in {cache_dir}) ...")
-        broker.start(timeout=args.timeout)
-        started.append(broker.stop)
-        services["kafka"] = _entry(broker.pid, broker.bootstrap, broker.log_path, "kafka")
-        services["kafka"]["signature"] = str(broker.properties_path)
+        if args.brokers == 1:
+            broker = KafkaBroker(state_dir / "kafka", cache_dir, detached=True, run_dir=run_dir)
+            _info(f"starting Kafka (jars cached in {cache_dir}) ...")
+            broker.start(timeout=args.timeout)
+            started.append(broker.stop)
+            services["kafka"] = _entry(broker.pid, broker.bootstrap, broker.log_path, "kafka")
+            services["kafka"]["signature"] = str(broker.properties_path)
+        else:
+            services.update(_start_cluster(state_dir, cache_dir, run_dir, args, started))
 
         external = os.environ.get("PIPELINE_DATABASE_URL")
         if external:
@@ -126,7 +144,12 @@ def cmd_up(args: argparse.Namespace) -> int:
                 _info(f"cleanup: {exc}")
         raise
 
-    state = {"created_at": time.time(), "services": services, "database_url": db.url}
+    state = {
+        "created_at": time.time(),
+        "services": services,
+        "database_url": db.url,
+        "brokers": args.brokers,
+    }
     _save_state(state_dir, state)
     _info(f"dev stack up in {time.monotonic() - t0:.1f}s (state in {state_dir})")
     _print_exports(state)
@@ -174,10 +197,44 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         for row in rows:
             print("\t".join(row))
+    if state.get("brokers", 1) > 1:
+        print(f"quorum leader: {_quorum_leader(state)}")
     return 0 if all(_service_alive(s) for s in state["services"].values()) else 1
 
 
 # --- services ---------------------------------------------------------------------------
+
+
+def _start_cluster(
+    state_dir: Path,
+    cache_dir: Path,
+    run_dir: Path,
+    args: argparse.Namespace,
+    started: list[Callable[[], None]],
+) -> dict[str, dict[str, Any]]:
+    cluster = KafkaCluster(
+        state_dir / "kafka-cluster", cache_dir, args.brokers, detached=True, run_dir=run_dir
+    )
+    _info(f"starting a {args.brokers}-node Kafka KRaft quorum (jars cached in {cache_dir}) ...")
+    cluster.start(timeout=args.timeout)
+    started.append(cluster.stop)
+    out = {}
+    for node in cluster.nodes:
+        entry = _entry(node.pid, node.bootstrap, node.log_path, "kafka")
+        entry["signature"] = str(node.properties_path)
+        entry["workdir"] = str(node.workdir)
+        out[f"kafka-{node.node_id}"] = entry
+    return out
+
+
+def _quorum_leader(state: dict[str, Any]) -> str:
+    nodes = {
+        name: svc
+        for name, svc in state["services"].items()
+        if svc["kind"] == "kafka" and _service_alive(svc)
+    }
+    leader = quorum_leader([Path(svc["workdir"]) for svc in nodes.values()])
+    return "unknown (no live node has recorded one)" if leader is None else f"kafka-{leader}"
 
 
 def _entry(pid: int | None, address: str, log: Path | None, kind: str) -> dict[str, Any]:
@@ -272,7 +329,8 @@ def _print_exports(state: dict[str, Any]) -> None:
         print("# PIPELINE_DATABASE_URL: kept from your environment (it holds a password)")
     else:
         print(f"export PIPELINE_DATABASE_URL={shlex.quote(db_url)}")
-    print(f"export PIPELINE_KAFKA_BOOTSTRAP={shlex.quote(services['kafka']['address'])}")
+    bootstrap = ",".join(s["address"] for s in services.values() if s["kind"] == "kafka")
+    print(f"export PIPELINE_KAFKA_BOOTSTRAP={shlex.quote(bootstrap)}")
     print(f"export PIPELINE_PROVISIONER_ADDR={shlex.quote(services[PROVISIONER]['address'])}")
     sys.stdout.flush()
 

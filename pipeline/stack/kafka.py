@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -157,8 +158,16 @@ class KafkaBroker:
         detached: bool = False,
         run_dir: Path | None = None,
         security: BrokerSecurity | None = None,
+        node_id: int = 1,
+        voters: str | None = None,
+        cluster_id: str | None = None,
     ) -> None:
         self.workdir = workdir.resolve()
+        # A member of a multi-node quorum (stack/kafka_cluster.py) is told its id, the
+        # voters and the shared cluster id; a lone broker is node 1 voting for itself.
+        self.node_id = node_id
+        self.voters = voters
+        self.cluster_id = cluster_id
         self.cache_dir = cache_dir
         self._requested = (port, controller_port)
         saved = self._saved_ports()
@@ -209,6 +218,18 @@ class KafkaBroker:
     def start(self, timeout: float = 90) -> None:
         if self.running:
             return
+        self.launch()
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def launch(self) -> None:
+        """Start the process without waiting: a quorum member answers only once a majority
+        of the voters runs, so a cluster launches every node before it waits for any."""
+        if self.running:
+            return
         procs.reap_stale(self.run_dir)
         java = shutil.which("java")
         if java is None:
@@ -254,11 +275,9 @@ class KafkaBroker:
                 signature=str(self.properties_path),
             ),
         )
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.kill()
-            raise
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        self._wait_ready(timeout)
 
     def stop(self, timeout: float = 30) -> None:
         if self.pid is None:
@@ -266,10 +285,11 @@ class KafkaBroker:
         procs.terminate(self.pid, timeout)
         self._forget()
 
-    def kill(self) -> None:
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        """End the process now (``sig``, then SIGKILL if it lingers); SIGKILL is a crash."""
         if self.pid is None:
             return
-        procs.terminate(self.pid, timeout=0)
+        procs.terminate(self.pid, timeout=0, sig=sig)
         self._forget()
 
     def adopt(self, pid: int) -> None:
@@ -294,8 +314,9 @@ class KafkaBroker:
     def _write_config(self) -> None:
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{procs.LOCALHOST}:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters
+            or f"{self.node_id}@{procs.LOCALHOST}:{self.controller_port}",
             "listeners": (
                 f"PLAINTEXT://{procs.LOCALHOST}:{self.port},"
                 f"CONTROLLER://{procs.LOCALHOST}:{self.controller_port}"
@@ -340,7 +361,7 @@ class KafkaBroker:
             "kafka.tools.StorageTool",
             "format",
             "-t",
-            _random_cluster_id(),
+            self.cluster_id or _random_cluster_id(),
             "-c",
             str(self.properties_path),
         ]

@@ -14,6 +14,7 @@ changelog are bounded (streams/seen.py).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -36,7 +37,9 @@ from pipeline.handlers import ProvisionerPort
 from pipeline.httpd import Health
 from pipeline.metrics import Metrics
 from pipeline.registry import build_registry
+from pipeline.replication import Replication
 from pipeline.streams.lanes import OrderedLanes
+from pipeline.streams.outcome_sender import OutcomeSender
 from pipeline.streams.processor import CommandProcessor
 from pipeline.streams.progress import (
     STALL_AFTER_S,
@@ -44,12 +47,14 @@ from pipeline.streams.progress import (
     PartitionView,
     stalled_partitions,
 )
+from pipeline.streams.replicated import SEEN_TABLE
 from pipeline.streams.seen import seen_table
 from pipeline.streams.sequencer import Admit, Sequencer
+from pipeline.streams.shutdown import BoundedStopWorker, exit_not_drained
 
 _log = logs.get("worker")
-SEEN_TABLE = "processed-attempts"
 RECOVERY_STALL_S = 60.0  # table recovery here takes well under a second per 10k entries
+DRAIN_TIMEOUT_S = 15.0  # in-flight commands at stop; the stop deadline (25 s) bounds the rest
 
 
 class AckGuard:
@@ -148,17 +153,22 @@ def _datadir(cfg: Config) -> str:
 
 
 def build_app(
-    cfg: Config, metrics: Metrics, port_factory: Any, health: Health | None = None
+    cfg: Config,
+    metrics: Metrics,
+    port_factory: Any,
+    health: Health | None = None,
+    replication: Replication | None = None,
 ) -> faust.App:
     """The worker's faust app. ``port_factory()`` builds the provisioner port in the loop."""
     _shorten_fetch_wait()
+    want = replication or Replication(cfg.replication_factor or 1, cfg.min_insync_replicas or 1)
     app = faust.App(
         cfg.processor_group,
         broker=_faust_broker(cfg.kafka_bootstrap),
         broker_credentials=_credentials(cfg),
         store="memory://",
         topic_partitions=cfg.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=want.factor,
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
@@ -182,8 +192,10 @@ def build_app(
         partitions=cfg.partitions,
         max_entries=DEDUPE_MAX_ENTRIES,
         retention=DEDUPE_CHANGELOG_RETENTION,
+        extra_configs=want.topic_configs(),
     )
     state: dict[str, Any] = {}
+    outcome_sender = OutcomeSender(app, outcomes, metrics)
 
     def processor() -> CommandProcessor:
         if "processor" not in state:
@@ -207,7 +219,7 @@ def build_app(
         if isinstance(decoded, codec.Undecodable):
             bad = proc.handle_undecodable(decoded)
             if bad is not None:
-                await outcomes.send(key=bad.key.encode(), value=codec.encode(bad))
+                await outcome_sender.send(bad.key.encode(), codec.encode(bad))
             return
         seen_key = str(decoded.propagation_id).encode()
         prior: bytes | None = seen.get(seen_key)
@@ -229,12 +241,12 @@ def build_app(
             # Same attempt again (redelivery or rescue): emit the recorded outcome with its
             # event_id instead of calling the provisioner a second time.
             metrics.duplicates.labels("processor").inc()
-            await outcomes.send(key=decoded.key.encode(), value=prior.split(b"|", 1)[1])
+            await outcome_sender.send(decoded.key.encode(), prior.split(b"|", 1)[1])
             return
         event = await proc.handle(decoded)
         body = codec.encode_validated(event)
         seen[seen_key] = str(decoded.attempt).encode() + b"|" + body
-        await outcomes.send(key=event.key.encode(), value=body)
+        await outcome_sender.send(event.key.encode(), body)
 
     async def restart_for_gap(partition: int, expected: int | None, got: int) -> None:
         # faust dropped offsets before this one (its pause-time skip) and a seek does not
@@ -253,10 +265,11 @@ def build_app(
         os._exit(RESTART_EXIT_CODE)
 
     async def fatal(exc: BaseException) -> None:
-        # An outcome that could not be produced: stop the worker rather than move on. The
-        # unacknowledged command is delivered again after the restart.
+        # An outcome that could not be produced: end the worker rather than move on. The
+        # unacknowledged command is delivered again after the restart. Not app.crash():
+        # faust then neither exits nor recovers (issue 12); a supervisor restarts an exit.
         logs.event(_log, "fatal", level=logging.ERROR, error=repr(exc)[:500])
-        await app.crash(exc)
+        exit_not_drained("fatal", error=repr(exc)[:200])
 
     lanes = OrderedLanes(cfg.worker_concurrency, fatal)
     guard = AckGuard(cfg.commands_topic)
@@ -388,7 +401,10 @@ def build_app(
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(sender: Any, **kwargs: Any) -> None:
-        await lanes.drain()
+        try:
+            await asyncio.wait_for(lanes.drain(), DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            exit_not_drained("drain_timeout", drain_timeout_s=DRAIN_TIMEOUT_S)
         await end_offsets.close()
         port = state.get("port")
         close = getattr(port, "close", None)
@@ -403,18 +419,17 @@ def run_worker(
     cfg: Config, metrics: Metrics, port_factory: Any, health: Health | None = None
 ) -> int:
     """Run the faust worker in this process until SIGTERM/SIGINT; returns the exit code."""
-    from pipeline.topics import ensure_topics
+    from pipeline.replication import resolve_for
+    from pipeline.streams.replicated import ensure_worker_topics
 
-    asyncio.run(
-        ensure_topics(
-            cfg.kafka_client_kwargs(),
-            [cfg.commands_topic, cfg.outcomes_topic],
-            cfg.partitions,
-            configs=cfg.topic_configs(),
-        )
+    want = asyncio.run(
+        resolve_for(cfg.kafka_client_kwargs(), cfg.replication_factor, cfg.min_insync_replicas)
     )
-    app = build_app(cfg, metrics, port_factory, health)
+    app = build_app(cfg, metrics, port_factory, health, want)
+    # In a thread of its own: asyncio.run here would close the loop faust took at build time.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, ensure_worker_topics(cfg, app, want, metrics)).result()
     logs.event(_log, "started", group=cfg.processor_group, **cfg.pinned())
-    worker = faust.Worker(app, loglevel="INFO", quiet=True)
+    worker = BoundedStopWorker(app, loglevel="INFO", quiet=True)
     worker.execute_from_commandline()
     return 0

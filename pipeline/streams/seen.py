@@ -74,6 +74,7 @@ def seen_table(
     partitions: int,
     max_entries: int,
     retention: timedelta,
+    extra_configs: dict[str, str] | None = None,
 ) -> SeenTable:
     table = SeenTable(
         app,
@@ -83,7 +84,7 @@ def seen_table(
         partitions=partitions,
         key_type=bytes,
         value_type=bytes,
-        extra_topic_configs=changelog_configs(retention),
+        extra_topic_configs=changelog_configs(retention) | (extra_configs or {}),
     )
     table.max_entries = max_entries
     app.tables.add(table)

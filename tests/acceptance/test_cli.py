@@ -235,9 +235,10 @@ def session(op: Operator) -> None:
     assert lines[1:3] == ["tier_elevation\t0\t0\t0\t5\t1", "total\t0\t0\t0\t5\t1"]
     assert lines[3:5] == ["oldest pending: none", "dead-lettered in the last hour: 1"]
     # How far back a replay can reach: the outcome log's oldest retained record.
-    assert len(lines) == 6 and lines[5].startswith(
+    assert len(lines) == 7 and lines[5].startswith(
         f"outcome log {prefix}propagation-outcomes: earliest retained record 20"
     )
+    assert lines[6] == "kafka topics: replicated as configured"  # one broker: factor 1
     lag_lines = op.run("lag").stdout.splitlines()
     assert lag_lines[0].split("\t") == [
         "group",

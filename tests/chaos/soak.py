@@ -26,6 +26,8 @@ sys.path.insert(0, str(_HERE.parent / "integration"))  # harness.py
 import orjson  # noqa: E402
 from chaos_scenarios import BY_NAME, SCENARIOS  # noqa: E402
 from chaoslib import Result, Stack, render_table, run_scenario  # noqa: E402
+from cluster_scenarios import BY_NAME as CLUSTER_BY_NAME  # noqa: E402
+from cluster_scenarios import CLUSTER_SCENARIOS, ClusterStack  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from pipeline.stack import procs  # noqa: E402
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--scenario",
         action="append",
-        choices=sorted(BY_NAME),
+        choices=sorted(BY_NAME | CLUSTER_BY_NAME),
         default=None,
         help="only these scenarios (repeatable); default: all",
     )
@@ -52,15 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = (args.out or Path("/tmp/pipeline-chaos") / stamp).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    pool = [BY_NAME[n] for n in args.scenario] if args.scenario else list(SCENARIOS)
+    every = BY_NAME | CLUSTER_BY_NAME  # the three-broker ones run on a cluster of their own
+    pool = [every[n] for n in args.scenario] if args.scenario else [*SCENARIOS, *CLUSTER_SCENARIOS]
     console.print(f"chaos soak: {args.duration} min, master seed {master}, results in {out}")
 
     cache = Path(os.environ.get("PIPELINE_STACK_CACHE", procs.default_cache_dir()))
     stack = Stack(out / "stack", cache)
+    cluster_stack = ClusterStack(out / "cluster-stack", cache)
     results: list[Result] = []
     deadline = time.monotonic() + args.duration * 60
     try:
-        stack.start()
+        if any(s.name not in CLUSTER_BY_NAME for s in pool):
+            stack.start()
+        if any(s.name in CLUSTER_BY_NAME for s in pool):
+            cluster_stack.postgres.start()
         while time.monotonic() < deadline and (
             args.iterations is None or len(results) < args.iterations
         ):
@@ -75,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"python tests/chaos/soak.py --scenario {scenario.name} --seed {seed}"
                 " --iterations 1)"
             )
-            result = run_scenario(
-                stack, scenario, out / "runs", seed=seed, keep_failed=out / "failed"
-            )
+            on = stack
+            if scenario.name in CLUSTER_BY_NAME:
+                cluster_stack.reformat()  # each on a freshly formatted cluster
+                on = cluster_stack
+            result = run_scenario(on, scenario, out / "runs", seed=seed, keep_failed=out / "failed")
             results.append(result)
             verdict = "[green]ok[/green]" if result.ok else "[red]FAILED[/red]"
             console.print(
@@ -97,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print("interrupted")
     finally:
         stack.stop()
+        cluster_stack.stop()
     console.print(render_table(results, f"chaos soak, master seed {master}"))
     failed = [r for r in results if not r.ok]
     for r in failed:

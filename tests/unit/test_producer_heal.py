@@ -1,0 +1,146 @@
+"""Producers heal: a producer-state error gets a new producer, counted, and the send retried."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    NotLeaderForPartitionError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
+from faust.exceptions import ProducerSendError
+
+from pipeline.metrics import Metrics
+from pipeline.producer import HealingProducer, fatal_idempotence_error
+from pipeline.streams.outcome_sender import OutcomeSender
+
+REBUILDS = "instant_propagation_producer_rebuilds_total"
+
+
+@pytest.mark.parametrize(
+    ("exc", "label"),
+    [
+        (OutOfOrderSequenceNumber(), "out_of_order_sequence_number"),
+        (UnknownProducerId(), "unknown_producer_id"),
+        (InvalidProducerEpoch(), "invalid_producer_epoch"),
+        (ProducerFenced(), "producer_fenced"),
+        (NotLeaderForPartitionError(), None),  # retried by aiokafka itself: no rebuild
+        (RuntimeError("x"), None),
+    ],
+)
+def test_which_errors_break_a_producer(exc: BaseException, label: str | None) -> None:
+    assert fatal_idempotence_error(exc) == label
+
+
+def test_a_wrapped_error_is_found_through_its_cause() -> None:
+    try:
+        try:
+            raise OutOfOrderSequenceNumber()
+        except OutOfOrderSequenceNumber as inner:
+            raise ProducerSendError("Error while sending") from inner
+    except ProducerSendError as outer:
+        assert fatal_idempotence_error(outer) == "out_of_order_sequence_number"
+
+
+class FakeProducer:
+    built = 0
+
+    def __init__(self) -> None:
+        FakeProducer.built += 1
+        self.started = self.stopped = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+def test_healing_producer_rebuilds_only_for_producer_state_errors() -> None:
+    metrics = Metrics(["tier_elevation"])
+    hp = HealingProducer(FakeProducer, metrics, "relay", logging.getLogger("t"))  # type: ignore[arg-type]
+    first = hp.producer
+
+    async def run() -> tuple[bool, bool]:
+        await hp.start()
+        no = await hp.heal(NotLeaderForPartitionError())
+        yes = await hp.heal(OutOfOrderSequenceNumber())
+        return no, yes
+
+    assert asyncio.run(run()) == (False, True)
+    assert hp.producer is not first and hp.producer.started and first.stopped  # type: ignore[attr-defined]
+    labels = {"component": "relay", "error": "out_of_order_sequence_number"}
+    assert metrics.sample(REBUILDS, labels) == 1
+
+
+class FakeFaustProducer:
+    def __init__(self) -> None:
+        self._producer: Any = FakeProducer()
+
+    def _new_producer(self) -> FakeProducer:
+        return FakeProducer()
+
+
+class FakeTopic:
+    """Fails the first ``failures`` deliveries with a wrapped producer-state error."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.delivered: list[bytes] = []
+
+    async def send(self, key: bytes, value: bytes) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await asyncio.sleep(0)
+        if self.failures:
+            self.failures -= 1
+            try:
+                raise ProducerSendError("Error while sending") from OutOfOrderSequenceNumber()
+            except ProducerSendError as exc:
+                fut.set_exception(exc)
+        else:
+            self.delivered.append(value)
+            fut.set_result(None)
+        return fut
+
+
+class FakeApp:
+    def __init__(self) -> None:
+        self.producer = FakeFaustProducer()
+
+
+def test_outcome_sender_heals_once_for_concurrent_lanes_and_resends() -> None:
+    metrics = Metrics(["tier_elevation"])
+    app, topic = FakeApp(), FakeTopic(failures=3)
+    sender = OutcomeSender(app, topic, metrics)
+    broken = app.producer._producer
+
+    async def run() -> None:
+        await asyncio.gather(*(sender.send(b"k", str(i).encode()) for i in range(3)))
+
+    asyncio.run(run())
+    assert sorted(topic.delivered) == [b"0", b"1", b"2"]
+    assert app.producer._producer is not broken and broken.stopped
+    labels = {"component": "worker", "error": "out_of_order_sequence_number"}
+    assert metrics.sample(REBUILDS, labels) == 1  # one rebuild for the three lanes
+
+
+def test_outcome_sender_gives_up_after_one_rebuild() -> None:
+    metrics = Metrics(["tier_elevation"])
+    sender = OutcomeSender(FakeApp(), FakeTopic(failures=2), metrics)
+    with pytest.raises(ProducerSendError):
+        asyncio.run(sender.send(b"k", b"v"))
+
+
+def test_fausts_producer_keeps_the_private_names_the_sender_swaps() -> None:
+    from faust.transport.drivers.aiokafka import Producer
+
+    assert callable(Producer._new_producer)
+    assert "self._producer = self._new_producer()" in __import__("inspect").getsource(
+        Producer.on_start
+    )

@@ -1,0 +1,43 @@
+"""The worker creates faust's topics itself: their names and settings must be faust's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.metrics import Metrics
+from pipeline.replication import Replication
+from pipeline.streams.app import build_app
+from pipeline.streams.replicated import faust_topics, leader_topic_name
+
+
+def _app(tmp_path: Any) -> Any:
+    cfg = Config(topic_prefix="x-", partitions=4, data_dir=str(tmp_path))
+    return build_app(cfg, Metrics(["tier_elevation"]), lambda: None, None, Replication(3, 2))
+
+
+def test_leader_topic_name_is_fausts(tmp_path: Any) -> None:
+    app = _app(tmp_path)
+    assert leader_topic_name(app) == app._leader_assignor._leader_topic_name
+
+
+def test_changelog_and_leader_topics_with_their_settings(tmp_path: Any) -> None:
+    app = _app(tmp_path)
+    assert app.conf.topic_replication_factor == 3
+    topics = {name: (parts, cfg) for name, parts, cfg in faust_topics(app, 4)}
+    changelog = "x-propagation-processor-processed-attempts-changelog"
+    assert set(topics) == {changelog, "x-propagation-processor-__assignor-__leader"}
+    parts, cfg = topics[changelog]
+    assert parts == 4
+    assert cfg["cleanup.policy"] == "compact,delete"
+    assert cfg["min.insync.replicas"] == "2"
+    assert topics["x-propagation-processor-__assignor-__leader"] == (1, {})
+
+
+def test_status_names_the_same_topics_as_the_worker_creates(tmp_path: Any) -> None:
+    from pipeline.streams.replicated import worker_topic_names
+
+    cfg = Config(topic_prefix="x-", partitions=4, data_dir=str(tmp_path))
+    app = build_app(cfg, Metrics(["tier_elevation"]), lambda: None, None, Replication(3, 2))
+    made = [cfg.commands_topic, cfg.outcomes_topic] + [n for n, _p, _c in faust_topics(app, 4)]
+    assert worker_topic_names(cfg) == made
