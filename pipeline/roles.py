@@ -59,8 +59,11 @@ ROLES: tuple[RoleSpec, ...] = (
         "projector",
         (
             f"GRANT SELECT ON {OUTBOX} TO {{role}}",
+            # first_outcome_*: where the row's history starts on the log (migration 0005),
+            # which a replay reads to decide what it may reset.
             f"GRANT UPDATE (attempts, last_outcome, last_error, last_skip_reason, applied_at,"
-            f" failed_at, next_attempt_at) ON {OUTBOX} TO {{role}}",
+            f" failed_at, next_attempt_at, first_outcome_topic, first_outcome_partition,"
+            f" first_outcome_offset) ON {OUTBOX} TO {{role}}",
             # SELECT too: INSERT ... ON CONFLICT (event_id) reads the conflict target.
             f"GRANT SELECT, INSERT ON {AUDIT} TO {{role}}",
             f"GRANT SELECT, INSERT, UPDATE ON {CHECKPOINTS} TO {{role}}",

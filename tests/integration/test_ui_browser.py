@@ -96,7 +96,9 @@ def _db_counts(url: str) -> dict[str, int]:
 
 
 def _text(driver: Any, css: str) -> str:
-    return str(driver.find_element(By.CSS_SELECTOR, css).text)
+    # Waits: after a click the next page may still be loading (a loaded CI machine saw the
+    # refusal page's title looked up before it arrived).
+    return str(_wait(driver, css).text)
 
 
 def _wait(driver: Any, css: str, timeout: float = 60) -> Any:
