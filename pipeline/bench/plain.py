@@ -171,18 +171,25 @@ async def _relay(args: argparse.Namespace, stop: asyncio.Event) -> None:
         await producer.stop()
 
 
-async def _worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+def _consumer(args: argparse.Namespace, topic: str, role: str) -> Any:
+    """Manual commits after each batch is done, the way the pipeline's consumers commit."""
+    from aiokafka import AIOKafkaConsumer
 
-    commands, outcomes = topics(args.prefix)
-    consumer = AIOKafkaConsumer(
-        commands,
+    return AIOKafkaConsumer(
+        topic,
         bootstrap_servers=args.bootstrap,
-        group_id=f"{args.prefix}plain-worker",
+        group_id=f"{args.prefix}plain-{role}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=50,
     )
+
+
+async def _worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    commands, outcomes = topics(args.prefix)
+    consumer = _consumer(args, commands, "worker")
     producer = AIOKafkaProducer(
         bootstrap_servers=args.bootstrap, enable_idempotence=True, acks="all", linger_ms=5
     )
@@ -210,17 +217,8 @@ async def _worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
 
 async def _projector(args: argparse.Namespace, stop: asyncio.Event) -> None:
-    from aiokafka import AIOKafkaConsumer
-
     _, outcomes = topics(args.prefix)
-    consumer = AIOKafkaConsumer(
-        outcomes,
-        bootstrap_servers=args.bootstrap,
-        group_id=f"{args.prefix}plain-projector",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=50,
-    )
+    consumer = _consumer(args, outcomes, "projector")
     await consumer.start()
     print("ready", flush=True)
     try:
