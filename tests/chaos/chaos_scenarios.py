@@ -256,13 +256,20 @@ def sigterm_each(run: ChaosRun) -> None:
 # -- services ----------------------------------------------------------------------------------
 
 
-def _refused(port: int) -> bool:
-    """A client's view: a TCP connection to the port is refused (nothing listens)."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
+def _refused(port: int, within: float = 15) -> bool:
+    """A client's view: a TCP connection to the port is refused (nothing listens) within
+    ``within`` seconds. A killed JVM's threads take a moment to go and hold the socket
+    until the last one has, even when its main thread already shows as dead."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                pass
+        except OSError:
+            return True
+        if time.monotonic() > deadline:
             return False
-    except OSError:
-        return True
+        time.sleep(0.05)
 
 
 def _settled(run: ChaosRun, timeout: float = 60) -> dict[int, int]:
@@ -289,7 +296,8 @@ def kafka_restart(run: ChaosRun) -> None:
     pid = broker.pid
     assert pid is not None
     broker.kill()
-    dead, refused = not procs.pid_alive(pid), _refused(port)
+    refused = _refused(port)
+    dead = not procs.pid_alive(pid)
     down = run.rng.uniform(1.0, 5.0)
     run.fault(
         "Kafka broker killed",
