@@ -439,10 +439,13 @@ def _reset_offsets(run: ChaosRun, what: str, **detail: Any) -> None:
     """Stop the worker, commit offset 0 for its group, prove it, start the worker again."""
     rc = run.stop_component("worker", signal.SIGTERM)
     run.reset_processor_offsets()
-    committed, end = run.committed_offsets()
+    # The group's own committed offsets (None: no commit at all, which would not be a reset)
+    mine = [pl for pl in run.lag().partitions if pl.group == run.processor_group]
+    committed = {pl.partition: pl.committed for pl in mine}
+    end = {pl.partition: pl.end for pl in mine}
     run.fault(
         what,
-        landed=bool(committed) and not any(committed.values()) and any(end.values()),
+        landed=bool(mine) and all(c == 0 for c in committed.values()) and any(end.values()),
         proof=f"committed {committed} over ends {end} before the restart (worker exit {rc})",
         **detail,
     )
