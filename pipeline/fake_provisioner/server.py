@@ -42,6 +42,10 @@ class Effect:
     resource_id: str
     target_tier: str
     at: float  # unix seconds
+    # The applying call that made it: its place in the fake's call sequence and the fake's
+    # own monotonic clock, so order checks need not trust the pipeline's record.
+    seq: int = 0
+    mono: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,11 @@ class Call:
     resource_id: str
     outcome: str  # applied | replayed | skipped | error:CODE | cancelled
     at: float
+    seq: int = 0  # 1, 2, ... in the order calls finished, over the fake's whole life
+    mono: float = 0.0  # time.monotonic() when it finished
+    # The call reached the point of applying: it applied, would have applied but the key
+    # already had (replayed), or applied and then answered an error (apply_then_error).
+    applying: bool = False
 
 
 class _Servicer(pb_grpc.ProvisionerServicer):
@@ -113,6 +122,10 @@ class FakeProvisioner:
         self._calls_per_key: dict[str, int] = {}
         self._batch_sizes: list[int] = []
         self._effects: dict[str, list[Effect]] = {}
+        # Every applying call, per key, in order: a second one is a second application
+        # attempt even though the idempotent answer adds no Effect. Only reset() clears it.
+        self._applications: dict[str, list[Call]] = {}
+        self._seq = 0
         # Bumped by reset(): a call that began before a reset records nothing, so a slow call
         # of one test cannot leak into the next test's record.
         self._generation = 0
@@ -142,6 +155,11 @@ class FakeProvisioner:
         with self._lock:
             return list(self._calls)
 
+    def applications(self) -> dict[str, list[Call]]:
+        """Every applying call per idempotency key, in call order (see ``Call.applying``)."""
+        with self._lock:
+            return {key: list(calls) for key, calls in self._applications.items()}
+
     def batch_sizes(self) -> list[int]:
         """Items per ApplyBatch round trip, in arrival order."""
         with self._lock:
@@ -158,6 +176,7 @@ class FakeProvisioner:
             self._calls_per_key.clear()
             self._batch_sizes.clear()
             self._effects.clear()
+            self._applications.clear()
             self._rng = random.Random(self._seed)
             self._generation += 1
 
@@ -229,8 +248,7 @@ class FakeProvisioner:
             await asyncio.sleep(rule.latency_ms / 1000)
         except asyncio.CancelledError:
             # The client gave up (deadline): nothing was applied; say so in the record.
-            call = Call(req.idempotency_key, method, req.resource_id, "cancelled", time.time())
-            self._record(generation, call)
+            self._record(generation, req.idempotency_key, method, req.resource_id)
             raise
 
     def _finish(
@@ -244,10 +262,13 @@ class FakeProvisioner:
             # A call that began before a reset() answers as usual but records nothing.
             live = generation == self._generation
             already = key in self._effects
+            self._seq += 1
+            mono = time.monotonic()
+            applying = action in ("ok", "apply_then_error") or (action == "skip" and already)
             if action in ("error", "apply_then_error"):
                 if action == "apply_then_error" and not already and live:
                     # The ambiguous case: the effect lands, then the reply is lost.
-                    self._apply(key, method, req, target_tier, now)
+                    self._apply(key, method, req, target_tier, now, self._seq, mono)
                 outcome = f"error:{code}"
             elif already:
                 outcome = "replayed"  # the idempotent answer: applied, no second effect
@@ -255,23 +276,41 @@ class FakeProvisioner:
                 outcome = "skipped"
             else:
                 if live:
-                    self._apply(key, method, req, target_tier, now)
+                    self._apply(key, method, req, target_tier, now, self._seq, mono)
                 outcome = "applied"
             if live:
-                self._calls.append(Call(key, method, req.resource_id, outcome, now))
+                call = Call(key, method, req.resource_id, outcome, now, self._seq, mono, applying)
+                self._calls.append(call)
+                if applying:
+                    self._applications.setdefault(key, []).append(call)
         if outcome.startswith("error:"):
             return outcome, code, f"injected {action} for {key}"
         return outcome, "", reason
 
-    def _record(self, generation: int, call: Call) -> None:
+    def _record(self, generation: int, key: str, method: str, resource_id: str) -> None:
+        """Record a cancelled call (nothing applied)."""
         with self._lock:
             if generation == self._generation:
+                self._seq += 1
+                call = Call(
+                    key, method, resource_id, "cancelled", time.time(), self._seq, time.monotonic()
+                )
                 self._calls.append(call)
 
-    def _apply(self, key: str, method: str, req: Any, target_tier: str, now: float) -> None:
+    def _apply(
+        self, key: str, method: str, req: Any, target_tier: str, now: float, seq: int, mono: float
+    ) -> None:
         # Caller holds the lock. A list per key, so a double application would show as two.
         effect = Effect(
-            key, method, req.team_id, req.resource_type, req.resource_id, target_tier, now
+            key,
+            method,
+            req.team_id,
+            req.resource_type,
+            req.resource_id,
+            target_tier,
+            now,
+            seq,
+            mono,
         )
         self._effects.setdefault(key, []).append(effect)
 

@@ -1,7 +1,10 @@
 """The chaos scenarios: one fault function each (inject, then heal), plus their own checks.
 
-Each fault records what it hit (``run.fault``) so a soak's table counts faults actually
-injected, and scenario-specific expectations go to ``run.check`` beside I1..I5.
+Each fault records what it hit and the proof that it landed (``run.fault(..., landed=,
+proof=)``: a SIGKILLed process exited -9, a killed broker's pid is dead and a client was
+refused, a stopped Postgres refused connections, produced messages were acknowledged...);
+a fault that did not land fails the run. Scenario-specific expectations go to ``run.check``
+beside I1..I5.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import time
 import uuid
 from typing import Any
@@ -31,6 +35,7 @@ from retention_scenarios import RETENTION_SCENARIOS
 from pipeline.events import COMMAND_SCHEMA, OUTCOME_SCHEMA, command_event_id, iso, utcnow
 from pipeline.fake_provisioner import Rule
 from pipeline.metrics import Metrics
+from pipeline.stack import procs
 
 BIG = 300 * 1024  # over the 256 KiB event limit
 
@@ -53,13 +58,21 @@ def _wait_uncommitted(run: ChaosRun, timeout: float = 15) -> int:
 # -- process kills -----------------------------------------------------------------------------
 
 
+def _killed(rc: int) -> bool:
+    return rc == -signal.SIGKILL
+
+
 def sigkill_worker(run: ChaosRun) -> None:
     _keep_busy(run)
     pending = _wait_uncommitted(run)
     calls = len(run.provisioner.calls())
     rc = run.stop_component("worker", signal.SIGKILL)
     run.fault(
-        "SIGKILL worker mid-batch", uncommitted_commands=pending, provisioner_calls=calls, rc=rc
+        "SIGKILL worker mid-batch",
+        landed=_killed(rc) and pending > 0,
+        proof=f"exit {rc}, {pending} commands uncommitted at the kill",
+        uncommitted_commands=pending,
+        provisioner_calls=calls,
     )
     time.sleep(run.rng.uniform(0.2, 1.5))
     run.start_component("worker")
@@ -110,16 +123,17 @@ def sigkill_relay(run: ChaosRun) -> None:
             run.stack.kafka.bootstrap, run.commands_topic, run.p.procs["relay"].pid, ids
         )
     )
-    rc = run.stop_component("relay", signal.SIGKILL)
+    rc = run.stop_component("relay", signal.SIGKILL, expect_running=False)
     stamped = _stamped(run, ids)
     on_log = _commands_for(run, ids)
     run.fault(
         "SIGKILL relay while publishing",
+        landed=_killed(rc) and grew > 0,
+        proof=f"exit {rc}, {grew} burst commands on the log at the kill",
         burst=len(ids),
         seen_on_log_at_kill=grew,
         on_log=on_log,
         stamped=stamped,
-        rc=rc,
     )
     run.check(
         "relay_killed_mid_publish",
@@ -140,7 +154,9 @@ def sigkill_relay(run: ChaosRun) -> None:
         unstamped = _published_unstamped(run, lock)
         rc = run.stop_component("relay", signal.SIGKILL)
     run.fault(
-        "SIGKILL relay after publishing, before its commit", published_unstamped=unstamped, rc=rc
+        "SIGKILL relay after publishing, before its commit",
+        landed=_killed(rc) and unstamped > 0,
+        proof=f"exit {rc}, {unstamped} rows published but unstamped",
     )
     run.check(
         "relay_killed_before_commit",
@@ -199,7 +215,12 @@ def sigkill_projector(run: ChaosRun) -> None:
                 " AND l.locktype = 'transactionid' AND l.granted"
             ).fetchone()
         rc = run.stop_component("projector", signal.SIGKILL)
-    run.fault("SIGKILL projector mid-transaction", open_transaction=bool(row and row[0]), rc=rc)
+    held = bool(row and row[0])
+    run.fault(
+        "SIGKILL projector mid-transaction",
+        landed=_killed(rc) and held,
+        proof=f"exit {rc}, fold transaction open at the kill: {held}",
+    )
     time.sleep(run.rng.uniform(0.2, 1.0))
     run.start_component("projector")
 
@@ -223,7 +244,9 @@ def sigterm_each(run: ChaosRun) -> None:
         rcs[name] = run.stop_component(name, signal.SIGTERM)
         run.fault(
             f"SIGTERM {name} during a burst",
-            rc=rcs[name],
+            # stop_component signals only a running process; it exited on the signal
+            landed=True,
+            proof=f"running when signalled, exit {rcs[name]}",
             burst=len(ids),
             uncommitted_commands=backlog,
         )
@@ -234,18 +257,60 @@ def sigterm_each(run: ChaosRun) -> None:
 # -- services ----------------------------------------------------------------------------------
 
 
+def _refused(port: int, within: float = 15) -> bool:
+    """A client's view: a TCP connection to the port is refused (nothing listens) within
+    ``within`` seconds. A killed JVM's threads take a moment to go and hold the socket
+    until the last one has, even when its main thread already shows as dead."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                pass
+        except OSError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _settled(run: ChaosRun, timeout: float = 60) -> dict[int, int]:
+    """Wait until the processor committed past today's end offsets; returns the end then."""
+    _committed, ends = run.committed_offsets()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run.p.supervise()
+        committed, now = run.committed_offsets()
+        if all(committed.get(p, 0) >= end for p, end in ends.items()):
+            return now
+        time.sleep(0.5)
+    return run.committed_offsets()[1]
+
+
 def kafka_restart(run: ChaosRun) -> None:
     broker = run.stack.kafka
     port = broker.port
     _keep_busy(run, 200, 8.0)
     time.sleep(0.5)
+    # While the broker is away the worker can neither commit nor produce; what it had
+    # fetched past its commit may come again after a rebalance: a crash window.
+    committed, _end = run.committed_offsets()
+    pid = broker.pid
+    assert pid is not None
     broker.kill()
+    refused = _refused(port)
+    dead = not procs.pid_alive(pid)
     down = run.rng.uniform(1.0, 5.0)
-    run.fault("Kafka broker killed", down_s=round(down, 2))
+    run.fault(
+        "Kafka broker killed",
+        landed=dead and refused,
+        proof=f"pid {pid} dead: {dead}, connection to {port} refused: {refused}",
+        down_s=round(down, 2),
+    )
     time.sleep(down)
     broker.start()
     run.fault("Kafka broker restarted on the same data dir", port=broker.port)
     run.check("broker_port_kept", broker.port == port, f"port {port} -> {broker.port}")
+    run.declare_window("Kafka broker restart", committed, _settled(run))
 
 
 def postgres_restart(run: ChaosRun) -> None:
@@ -254,10 +319,26 @@ def postgres_restart(run: ChaosRun) -> None:
     time.sleep(0.5)
     cluster.stop(mode="fast")
     down = run.rng.uniform(0.5, 4.0)
-    run.fault("Postgres stopped (fast)", down_s=round(down, 2))
-    time.sleep(down)
+    # A client tries to connect all the while it is down: each refusal is the proof.
+    refused = tries = 0
+    until = time.monotonic() + down
+    while tries == 0 or time.monotonic() < until:
+        tries += 1
+        try:
+            psycopg.connect(run.p.database_url, connect_timeout=2).close()
+        except psycopg.OperationalError:
+            refused += 1
+        time.sleep(0.2)
+    run.fault(
+        "Postgres stopped (fast)",
+        landed=refused > 0,
+        proof=f"{refused} of {tries} connection attempts refused over {down:.1f}s",
+        down_s=round(down, 2),
+    )
     cluster.start()
-    run.fault("Postgres restarted")
+    with psycopg.connect(run.p.database_url, connect_timeout=10):
+        pass
+    run.fault("Postgres restarted", landed=None, proof="a connection succeeds again")
 
 
 # -- rebalances --------------------------------------------------------------------------------
@@ -265,8 +346,10 @@ def postgres_restart(run: ChaosRun) -> None:
 
 def worker_joins_and_leaves(run: ChaosRun) -> None:
     _keep_busy(run, 400, 16.0)
+    # The rebalance moves partitions with commands fetched past their commit: a crash window
+    # from the commit before the join to the end once the new worker has partitions.
+    committed, _end = run.committed_offsets()
     run.start_component("worker2")
-    run.fault("second worker joins")
 
     def assigned() -> bool:
         return any(
@@ -280,10 +363,21 @@ def worker_joins_and_leaves(run: ChaosRun) -> None:
         for e in run.log_events("worker2")
         if e.get("event") == "partitions_assigned"
     ]
+    run.declare_window("worker2 joined", committed, run.committed_offsets()[1])
+    run.fault(
+        "second worker joins",
+        landed=any(got),
+        proof=f"worker2 assigned partitions {got}",
+    )
     time.sleep(run.rng.uniform(1.0, 3.0))
     sig = run.rng.choice([signal.SIGTERM, signal.SIGKILL])
     rc = run.stop_component("worker2", sig)
-    run.fault("second worker leaves", signal=sig.name, rc=rc, worker2_assignments=got)
+    run.fault(
+        "second worker leaves",
+        landed=rc == -signal.SIGKILL if sig == signal.SIGKILL else True,
+        proof=f"running when signalled, {sig.name}, exit {rc}",
+        signal=sig.name,
+    )
 
 
 # -- duplicate delivery ------------------------------------------------------------------------
@@ -310,8 +404,13 @@ def _duplicates(run: ChaosRun) -> float:
 def republish_commands(run: ChaosRun) -> None:
     raw = [m for m in run.read_raw(run.commands_topic) if m.value]
     sample = run.rng.sample(raw, min(80, len(raw)))
-    run.produce(run.commands_topic, [(m.key, m.value or b"") for m in sample])
-    run.fault("commands re-published by hand", count=len(sample), of=len(raw))
+    acked = run.produce(run.commands_topic, [(m.key, m.value or b"") for m in sample])
+    run.fault(
+        "commands re-published by hand",
+        landed=acked == len(sample) > 0,
+        proof=f"{acked} of {len(sample)} acknowledged by the broker",
+        of=len(raw),
+    )
 
 
 def republish_when_quiet(run: ChaosRun) -> None:
@@ -319,9 +418,13 @@ def republish_when_quiet(run: ChaosRun) -> None:
         raw = [m for m in run.read_raw(run.commands_topic) if m.value]
         sample = run.rng.sample(raw, min(150, len(raw)))
         run.notes["dup_before"] = _duplicates(run)
-        run.produce(run.commands_topic, [(m.key, m.value or b"") for m in sample])
+        acked = run.produce(run.commands_topic, [(m.key, m.value or b"") for m in sample])
         run.notes["dup_sent"] = len(sample)
-        run.fault("commands re-published on the quiet pipeline", count=len(sample))
+        run.fault(
+            "commands re-published on the quiet pipeline",
+            landed=acked == len(sample) > 0,
+            proof=f"{acked} of {len(sample)} acknowledged by the broker",
+        )
         return f"{len(sample)} commands re-published"
 
     run.check("quiet_republish_changes_nothing", *_as_pair(quiet_redelivery(run, action)))
@@ -333,26 +436,34 @@ def republish_when_quiet(run: ChaosRun) -> None:
     )
 
 
-def _reset_offsets(run: ChaosRun) -> int:
+def _reset_offsets(run: ChaosRun, what: str, **detail: Any) -> None:
+    """Stop the worker, commit offset 0 for its group, prove it, start the worker again."""
     rc = run.stop_component("worker", signal.SIGTERM)
     run.reset_processor_offsets()
+    # The group's own committed offsets (None: no commit at all, which would not be a reset)
+    mine = [pl for pl in run.lag().partitions if pl.group == run.processor_group]
+    committed = {pl.partition: pl.committed for pl in mine}
+    end = {pl.partition: pl.end for pl in mine}
+    run.fault(
+        what,
+        landed=bool(mine) and all(c == 0 for c in committed.values()) and any(end.values()),
+        proof=f"committed {committed} over ends {end} before the restart (worker exit {rc})",
+        **detail,
+    )
     run.start_component("worker")
-    return rc
 
 
 def offset_reset(run: ChaosRun) -> None:
     _keep_busy(run, 150, 6.0)
-    rc = _reset_offsets(run)
-    run.fault("processor group offsets reset to 0 (mid-run)", worker_rc=rc)
+    _reset_offsets(run, "processor group offsets reset to 0 (mid-run)")
 
 
 def offset_reset_when_quiet(run: ChaosRun) -> None:
     def action() -> str:
         commands = len(run.read_raw(run.commands_topic))
         run.notes["dup_before"] = _duplicates(run)
-        rc = _reset_offsets(run)
         run.notes["commands"] = commands
-        run.fault("processor group offsets reset to 0 (quiet)", worker_rc=rc, commands=commands)
+        _reset_offsets(run, "processor group offsets reset to 0 (quiet)", commands=commands)
         return f"offsets reset over {commands} commands"
 
     run.check("quiet_reset_changes_nothing", *_as_pair(quiet_redelivery(run, action)))
@@ -383,7 +494,6 @@ FAULT_RULES = (
 def provisioner_faults(run: ChaosRun) -> None:
     before = len(run.provisioner.calls())
     run.provisioner.set_rules(FAULT_RULES + RULES)
-    run.fault("provisioner UNAVAILABLE / DEADLINE_EXCEEDED / apply_then_error at a rate")
     _keep_busy(run, 200, 4.0)
     run.wait_progress(0.7)
     time.sleep(1.0)
@@ -402,14 +512,17 @@ def provisioner_faults(run: ChaosRun) -> None:
         and effects[c.idempotency_key][0].at <= c.at
         and not c.resource_id.startswith(("transient-", "ordflaky-", "ambiguous-"))
     )
-    run.fault("provisioner healed", calls=len(calls), errors=errors, lost_replies=lost_replies)
-    run.check(
-        "faults_fired",
+    fired = (
         errors.get("error:UNAVAILABLE", 0) > 0
         and errors.get("error:DEADLINE_EXCEEDED", 0) > 0
-        and lost_replies > 0,
-        f"{errors}, {lost_replies} errors after the effect landed",
+        and lost_replies > 0
     )
+    run.fault(
+        "provisioner UNAVAILABLE / DEADLINE_EXCEEDED / apply_then_error at a rate, healed",
+        landed=fired,
+        proof=f"{errors} over {len(calls)} calls, {lost_replies} errors after the effect landed",
+    )
+    run.check("faults_fired", fired, f"{errors}, {lost_replies} errors after the effect landed")
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -493,11 +606,19 @@ def bad_input(run: ChaosRun) -> None:
         (b"o7", j({"schema": OUTCOME_SCHEMA, "event_id": "e", "propagation_id": p + 10})),
         (b"o8", j(_outcome(p + 11, kind="kind_nobody_knows"))),  # valid: folds into no row
     ]
-    run.produce(run.commands_topic, commands)
-    run.produce(run.outcomes_topic, outcomes)
+    acked = run.produce(run.commands_topic, commands)
+    run.fault(
+        "bad commands produced by hand",
+        landed=acked == len(commands),
+        proof=f"{acked} of {len(commands)} acknowledged by the broker",
+    )
+    acked = run.produce(run.outcomes_topic, outcomes)
+    run.fault(
+        "bad outcomes produced by hand",
+        landed=acked == len(outcomes),
+        proof=f"{acked} of {len(outcomes)} acknowledged by the broker",
+    )
     run.notes.update(bad_base=p, dead=dead)
-    run.fault("bad commands produced by hand", count=len(commands))
-    run.fault("bad outcomes produced by hand", count=len(outcomes))
 
 
 def bad_input_checks(run: ChaosRun) -> None:
@@ -580,9 +701,13 @@ def cardinality(run: ChaosRun) -> None:
             base + i, kind=f"kind_{tag}", resource_type=f"rt_{tag}", resource_id=f"card-{i}"
         )
         msgs.append((f"card-{tag}".encode(), orjson.dumps(doc)))
-    run.produce(run.commands_topic, msgs)
+    acked = run.produce(run.commands_topic, msgs)
     run.notes["card_base"] = base
-    run.fault("10,000 commands with distinct unknown kinds produced by hand", count=len(msgs))
+    run.fault(
+        "10,000 commands with distinct unknown kinds produced by hand",
+        landed=acked == len(msgs),
+        proof=f"{acked} of {len(msgs)} acknowledged by the broker",
+    )
 
 
 def cardinality_checks(run: ChaosRun) -> None:

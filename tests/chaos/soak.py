@@ -5,8 +5,9 @@
 
 Every run prints its scenario and seed first, so a failure can be replayed exactly (the
 workload, the fault timings and the fake provisioner's rule draws all come from the seed;
-process scheduling does not). At the end: a table of scenarios, iterations, faults injected
-and pass/fail counts of I1..I5, the reports of failed runs, and ``results.json``; the exit
+process scheduling does not). At the end: a table of scenarios, iterations, faults landed
+(proven) of faults recorded and pass/fail counts of I1..I5 (a run whose fault did not land,
+or with no landed fault, fails), the reports of failed runs, and ``results.json``; the exit
 status is 1 if any run failed. Logs of failed runs are kept under ``--out``.
 """
 
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "[green]ok[/green]" if result.ok else "[red]FAILED[/red]"
             console.print(
                 f"  {verdict} in {result.durations.get('total_s', 0):.0f}s, "
-                f"{len(result.faults)} faults"
+                f"{sum(1 for f in result.faults if f.landed)} faults landed"
+                f" ({len(result.faults)} recorded)"
             )
             if not result.ok:
                 console.print(result.report(), markup=False, highlight=False)

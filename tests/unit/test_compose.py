@@ -1,10 +1,13 @@
-"""compose/docker-compose.yml only names settings the pipeline knows, and wires start-up order."""
+"""compose/docker-compose.yml only names settings the pipeline knows, and wires start-up order.
+
+Static checks of the parsed YAML: no `docker compose` CLI is needed (none is installable
+here: Debian ships only the legacy 1.29 tool, which predates this file's format), so nothing
+in this module depends on a tool that may be missing.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -70,31 +73,3 @@ def test_start_up_order() -> None:
     kafka_env = _environment(services["kafka"])
     assert kafka_env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     assert kafka_env["KAFKA_PROCESS_ROLES"] == "broker,controller"
-
-
-def _compose_cli() -> list[str] | None:
-    """`docker compose` (the v2 plugin), if installed; the legacy v1 tool predates this file's
-    format (top-level `name`), so it is not used."""
-    docker = shutil.which("docker")
-    if docker is None:
-        return None
-    probe = subprocess.run(
-        [docker, "compose", "version"], capture_output=True, timeout=30, check=False
-    )
-    return [docker, "compose"] if probe.returncode == 0 else None
-
-
-def test_docker_compose_accepts_the_file() -> None:
-    # Runs only where a compose CLI exists; `config` needs no engine. The YAML checks above run
-    # everywhere, so this test passes (without skipping) when the CLI is missing.
-    cli = _compose_cli()
-    if cli is None:
-        return
-    result = subprocess.run(
-        [*cli, "-f", str(COMPOSE_FILE), "config", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
