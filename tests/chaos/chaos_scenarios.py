@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import time
 import uuid
 from typing import Any
@@ -26,6 +25,7 @@ from chaoslib import (
     ChaosRun,
     PathSpec,
     Scenario,
+    port_refused,
     quiet_redelivery,
 )
 from harness import dedupe
@@ -257,22 +257,6 @@ def sigterm_each(run: ChaosRun) -> None:
 # -- services ----------------------------------------------------------------------------------
 
 
-def _refused(port: int, within: float = 15) -> bool:
-    """A client's view: a TCP connection to the port is refused (nothing listens) within
-    ``within`` seconds. A killed JVM's threads take a moment to go and hold the socket
-    until the last one has, even when its main thread already shows as dead."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2):
-                pass
-        except OSError:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-
-
 def _settled(run: ChaosRun, timeout: float = 60) -> dict[int, int]:
     """Wait until the processor committed past today's end offsets; returns the end then."""
     _committed, ends = run.committed_offsets()
@@ -297,7 +281,7 @@ def kafka_restart(run: ChaosRun) -> None:
     pid = broker.pid
     assert pid is not None
     broker.kill()
-    refused = _refused(port)
+    refused = port_refused(port)
     dead = not procs.pid_alive(pid)
     down = run.rng.uniform(1.0, 5.0)
     run.fault(

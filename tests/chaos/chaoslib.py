@@ -51,6 +51,7 @@ import json
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -1390,3 +1391,19 @@ def render_table(results: list[Result], title: str = "chaos") -> Any:
             f"{row['seconds'] / row['iterations']:.0f}",
         )
     return table
+
+
+def port_refused(port: int, within: float = 15) -> bool:
+    """A client's view: a TCP connection to the port is refused (nothing listens) within
+    ``within`` seconds. A killed JVM's threads take a moment to go and hold the socket
+    until the last one has, even when its main thread already shows as dead."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                pass
+        except OSError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)

@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from chaoslib import ChaosRun, PathSpec, Scenario, ScenarioError, Stack
+from chaoslib import ChaosRun, PathSpec, Scenario, ScenarioError, Stack, port_refused
 from psycopg.types.json import Jsonb
 
 from pipeline.stack import procs
@@ -363,8 +363,21 @@ def busiest_partition_leader(run: ChaosRun) -> tuple[int, int]:
     return partition, leaders[partition]
 
 
-def sigkill(node: KafkaBroker) -> None:
-    node.kill(signal.SIGKILL)
+def sigkill(node: KafkaBroker) -> dict[str, Any]:
+    """SIGKILL a node; returns the proof it is gone (``run.fault``'s landed and proof)."""
+    return _gone(node, lambda: node.kill(signal.SIGKILL))
+
+
+def _gone(node: KafkaBroker, end: Any) -> dict[str, Any]:
+    pid, port = node.pid, node.port
+    assert pid is not None and port is not None
+    end()
+    refused = port_refused(port)
+    dead = not procs.pid_alive(pid)
+    return {
+        "landed": dead and refused,
+        "proof": f"pid {pid} dead: {dead}, connection to {port} refused: {refused}",
+    }
 
 
 def restart(node: KafkaBroker, timeout: float = 120) -> float:
@@ -397,9 +410,12 @@ def kill_busiest_leader(run: ChaosRun, rate: int = 150) -> None:
         time.sleep(2.0)
         partition, leader = busiest_partition_leader(run)
         node = _cluster(run).node(leader)
-        sigkill(node)
+        gone = sigkill(node)
         run.fault(
-            "SIGKILL leader of the busiest command partition", partition=partition, node=leader
+            "SIGKILL leader of the busiest command partition",
+            partition=partition,
+            node=leader,
+            **gone,
         )
         time.sleep(run.rng.uniform(8, 12))
         took = restart(node)
@@ -414,8 +430,9 @@ def rolling_restart(run: ChaosRun, rate: int = 150) -> None:
         run.rng.shuffle(order)
         for node_id in order:
             node = _cluster(run).node(node_id)
-            node.stop(timeout=60)  # a controlled shutdown, as an operator's rolling restart
-            run.fault("stopped (SIGTERM) for a rolling restart", node=node_id)
+            # A controlled shutdown, as an operator's rolling restart.
+            gone = _gone(node, lambda n=node: n.stop(timeout=60))
+            run.fault("stopped (SIGTERM) for a rolling restart", node=node_id, **gone)
             took = restart(node)
             run.fault("restarted", node=node_id, ready_in_s=took)
             _wait_in_sync(run)
@@ -430,8 +447,8 @@ def kill_active_controller(run: ChaosRun, rate: int = 150) -> None:
         if leader is None:
             raise ScenarioError("no quorum leader recorded by any node")
         node = cluster.node(leader)
-        sigkill(node)
-        run.fault("SIGKILL active controller (quorum leader)", node=leader)
+        gone = sigkill(node)
+        run.fault("SIGKILL active controller (quorum leader)", node=leader, **gone)
         run.wait_for("a new quorum leader", lambda: cluster.leader() not in (None, leader), 60)
         run.fault("new quorum leader", node=cluster.leader())
         time.sleep(run.rng.uniform(3, 6))
@@ -447,8 +464,8 @@ def broker_down_60s(run: ChaosRun, rate: int = 300, down_s: float = 60.0) -> Non
         time.sleep(2.0)
         node_id = run.rng.randint(1, NODES)
         node = _cluster(run).node(node_id)
-        sigkill(node)
-        run.fault("SIGKILL one broker", node=node_id, down_s=down_s, offered_per_s=rate)
+        gone = sigkill(node)
+        run.fault("SIGKILL one broker", node=node_id, down_s=down_s, offered_per_s=rate, **gone)
         time.sleep(down_s)
         took = restart(node)
         run.fault("restarted", node=node_id, ready_in_s=took)

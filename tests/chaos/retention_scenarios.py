@@ -139,8 +139,14 @@ def retention_trim(run: ChaosRun) -> None:
     run.notes["log_trimmed"] = True
     starts = trim(run.stack.kafka.bootstrap, run.outcomes_topic, cut)
     lost_first = sum(1 for q, off in first.values() if off < cut.get(q, 0))
+    # Landed: the broker reports every cut partition's log start at or past the cut, and the
+    # cut took some row's first outcome with it (what a rebuild must not misread).
+    moved = all(starts.get(q, -1) >= off for q, off in cut.items())
     run.fault(
         "delete_records below mid-log on every outcome partition",
+        landed=moved and lost_first > 0,
+        proof=f"log starts {starts} at or past the cut {cut}: {moved};"
+        f" {lost_first} rows lost their first outcome",
         log_starts={str(q): low for q, low in starts.items()},
         events_deleted=sum(len(v) for v in gone.values()),
         rows_first_outcome_trimmed=lost_first,
@@ -226,7 +232,13 @@ def shared_database(run: ChaosRun) -> None:
         other.wait_terminal(theirs, timeout=150)
     finally:
         other.stop()
-    run.fault("second prefix on the same database", prefix=other.prefix, rows=len(theirs))
+    run.fault(
+        "second prefix on the same database",
+        landed=len(theirs) == 40,  # wait_terminal raised unless all of them ended
+        proof=f"{len(theirs)} rows of prefix {other.prefix} ended in the shared database",
+        prefix=other.prefix,
+        rows=len(theirs),
+    )
     run.stop_component("projector", signal.SIGTERM)
     ours = sorted(run.p.outcomes())  # witness: the rows with outcomes on our topic
     url = run.p.database_url
