@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 
@@ -255,7 +255,7 @@ def build_app(
         metrics.offset_gaps.labels(str(partition)).inc()
         await restart("offset_gap", partition=partition, expected=expected, got=got)
 
-    async def restart(reason: str, **fields: Any) -> None:
+    async def restart(reason: str, **fields: Any) -> NoReturn:
         # Finish what is in flight, commit it, and exit; the supervisor (`pipeline run`)
         # restarts exit code 3 and the new process starts at the committed offsets.
         logs.event(_log, reason, logging.WARNING, action="restart", **fields)
@@ -274,6 +274,7 @@ def build_app(
     lanes = OrderedLanes(cfg.worker_concurrency, fatal)
     guard = AckGuard(cfg.commands_topic)
     sequencer = Sequencer()
+    baselines_set = asyncio.Event()
     state["lanes"] = lanes
 
     # One agent instance (faust concurrency=1) reads every assigned partition in order and
@@ -290,8 +291,8 @@ def build_app(
                     partition=msg.partition,
                     offset=msg.offset,
                 )
-            committed = getattr(app.consumer, "_committed_offset", {}).get(msg.tp)
-            verdict = sequencer.admit(msg.partition, msg.offset, committed)
+            await baselines_set.wait()  # an assignment's baselines come from the broker
+            verdict = sequencer.admit(msg.partition, msg.offset)
             if verdict is Admit.PROCESS:
                 admitted_at[msg.partition] = time.monotonic()
             else:
@@ -327,13 +328,12 @@ def build_app(
             )
         except Exception:  # not started, rebalancing or broker away: try on the next tick
             return
-        committed = getattr(app.consumer, "_committed_offset", {})
         now = time.monotonic()
         views = [
             PartitionView(
                 partition=tp.partition,
                 end_offset=end_by_partition.get(tp.partition),
-                next_offset=sequencer.next_offset.get(tp.partition, committed.get(tp)),
+                next_offset=sequencer.next_offset.get(tp.partition),
                 unacked=lanes.unacked(tp.partition),
                 idle_s=now - admitted_at.setdefault(tp.partition, now),
             )
@@ -386,7 +386,13 @@ def build_app(
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         guard.install(app.consumer)
         mine = sorted(tp.partition for tp in assigned if tp.topic == cfg.commands_topic)
-        sequencer.reset()  # after a rebalance the stream restarts at committed offsets
+        baselines_set.clear()
+        try:
+            baselines = await end_offsets.baselines_within(cfg.processor_group, mine)
+        except Exception as exc:  # starting from the first message delivered can lose commands
+            await restart("baselines_unavailable", partitions=mine, error=repr(exc)[:200])
+        sequencer.reset(baselines)  # after a rebalance the stream restarts at committed offsets
+        baselines_set.set()
         now = time.monotonic()
         admitted_at.clear()
         admitted_at.update({p: now for p in mine})

@@ -7,6 +7,13 @@ checks continuity itself: a command is processed only if it is the next offset o
 partition. On a jump the worker refuses to go on (it restarts from the committed offset,
 which is the hole; a seek back proved unreliable inside faust). The decision is a pure
 function of what was seen.
+
+Each partition's starting point (its baseline) is the group's committed offset as the broker
+tells it at assignment, or the partition's log start when nothing is committed. It is never
+faust's cache nor the first delivered message: faust stores a committed offset 0 as "none"
+and aiokafka does not seek to offset 0, so after an offset reset the first delivered message
+can lie far past the committed 0; and while faust is still seeking after a rebalance, a
+message past the committed offset can arrive first.
 """
 
 from __future__ import annotations
@@ -28,18 +35,18 @@ class Sequencer:
     seeking: dict[int, int] = field(default_factory=dict)
     seek_to: int | None = None
 
-    def reset(self) -> None:
-        """After a rebalance faust restarts every partition at its committed offset."""
+    def reset(self, baselines: dict[int, int] | None = None) -> None:
+        """A new assignment: each assigned partition must resume at its ``baselines`` offset."""
         self.next_offset.clear()
+        self.next_offset.update(baselines or {})
         self.seeking.clear()
 
-    def admit(self, partition: int, offset: int, committed: int | None) -> Admit:
-        """``committed`` is the partition's committed offset (None when nothing is)."""
+    def admit(self, partition: int, offset: int) -> Admit:
         expected = self.next_offset.get(partition)
         if expected is None:
-            # First command of this partition since assignment: it must be the committed one.
-            expected = committed if committed is not None else offset
-            self.next_offset[partition] = expected
+            # No baseline: not (or not yet) assigned here. Ignoring it is safe, since nothing
+            # past it is processed until an offset matches the partition's baseline.
+            return Admit.WAIT
         if offset < expected:
             return Admit.STALE
         if offset > expected:

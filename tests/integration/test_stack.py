@@ -112,6 +112,78 @@ async def test_worker_watchdog_reads_end_offsets_without_a_group(
     assert sum(after.values()) == 30 and set(after) == {0, 1, 2}
 
 
+async def test_worker_baselines_are_the_groups_committed_offsets_or_log_start(
+    kafka_broker: KafkaBroker, topic_prefix: str
+) -> None:
+    # The sequencer's starting points (pipeline/streams/progress.py): a committed 0 must stay
+    # 0 (faust's cache turns it into "none"), an uncommitted partition starts at its log start.
+    from aiokafka.admin.records_to_delete import RecordsToDelete
+    from aiokafka.structs import OffsetAndMetadata
+
+    from pipeline.streams.progress import EndOffsets
+
+    bootstrap = kafka_broker.bootstrap
+    topic, group = f"{topic_prefix}based", f"{topic_prefix}based-group"
+    await _create_topic(bootstrap, topic, 5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for partition, count in ((0, 10), (1, 5), (2, 4), (3, 6)):
+            for i in range(count):
+                await producer.send(topic, value=f"v{i}".encode(), partition=partition)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        # retention at work: the log start of 2 becomes 3, of 3 becomes 4
+        await admin.delete_records(
+            {
+                TopicPartition(topic, 2): RecordsToDelete(3),
+                TopicPartition(topic, 3): RecordsToDelete(4),
+            }
+        )
+    finally:
+        await admin.close()
+    committer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await committer.start()
+    try:
+        committer.assign([TopicPartition(topic, p) for p in (0, 1, 3)])
+        await committer.commit(
+            {
+                TopicPartition(topic, 0): OffsetAndMetadata(0, ""),
+                TopicPartition(topic, 1): OffsetAndMetadata(3, ""),
+                TopicPartition(topic, 3): OffsetAndMetadata(1, ""),  # below the log start
+            }
+        )
+    finally:
+        await committer.stop()
+
+    offsets = EndOffsets({"bootstrap_servers": bootstrap}, topic)
+    try:
+        got = await offsets.baselines_within(group, [0, 1, 2, 3, 4])
+        none = await offsets.baselines_within(group, [])
+    finally:
+        await offsets.close()
+    assert got == {0: 0, 1: 3, 2: 3, 3: 4, 4: 0}
+    assert none == {}
+
+
+async def test_worker_baselines_fail_when_the_broker_cannot_answer() -> None:
+    # No guessing: after the bounded retry the error reaches the worker (which restarts).
+    from aiokafka.errors import KafkaConnectionError
+
+    from pipeline.streams.progress import EndOffsets
+
+    offsets = EndOffsets({"bootstrap_servers": f"127.0.0.1:{procs.free_port()}"}, "absent")
+    try:
+        with pytest.raises(KafkaConnectionError, match="Unable to bootstrap"):
+            await offsets.baselines_within("g", [0], within=1.0)
+    finally:
+        await offsets.close()
+
+
 def test_postgres_per_test_database(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT current_database(), 6 * 7").fetchone()
