@@ -6,6 +6,8 @@ module that talks to the driver, so callers never need to import a driver to cat
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PipelineError(Exception):
     """Root of every error the pipeline raises deliberately."""
@@ -33,3 +35,14 @@ class StackError(PipelineError):
 
 class ProvisionerError(PipelineError):
     """The provisioner adapter could not be set up."""
+
+
+def login_hint(client_kwargs: dict[str, Any]) -> str:
+    # aiokafka reports a refused SASL login as "Unable to bootstrap"; the broker's reason is on
+    # aiokafka's own log line just before.
+    if client_kwargs.get("sasl_mechanism"):
+        return (
+            " (if the broker refused the login: check PIPELINE_KAFKA_SASL_USERNAME, _PASSWORD"
+            " and _MECHANISM)"
+        )
+    return ""

@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from pipeline import logs
-from pipeline.errors import BrokerError
+from pipeline.errors import BrokerError, login_hint
 from pipeline.metrics import Metrics
 
 MIN_ISR = "min.insync.replicas"
@@ -218,6 +218,8 @@ async def _with_admin(
         want = await resolve(admin, factor, min_insync)
         return want, (await describe(admin, topics, want) if topics else [])
     except KafkaError as exc:
-        raise BrokerError(f"could not ask the cluster about replication: {exc}") from exc
+        raise BrokerError(
+            f"could not ask the cluster about replication: {exc}{login_hint(client_kwargs)}"
+        ) from exc
     finally:
         await admin.close()

@@ -9,7 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipeline import replication as rep
-from pipeline.errors import BrokerError
+from pipeline.errors import BrokerError, login_hint
 
 
 async def ensure_topics(
@@ -45,20 +45,11 @@ async def ensure_topics(
         await rep.wait_visible(admin, names)
         return await rep.describe(admin, names, want)
     except KafkaError as exc:
-        raise BrokerError(f"could not ensure topics {names}: {exc}{_hint(client_kwargs)}") from exc
+        raise BrokerError(
+            f"could not ensure topics {names}: {exc}{login_hint(client_kwargs)}"
+        ) from exc
     finally:
         await admin.close()
-
-
-def _hint(client_kwargs: dict[str, Any]) -> str:
-    # aiokafka reports a refused SASL login as "Unable to bootstrap"; the broker's reason is on
-    # aiokafka's own log line just before.
-    if client_kwargs.get("sasl_mechanism"):
-        return (
-            " (if the broker refused the login: check PIPELINE_KAFKA_SASL_USERNAME, _PASSWORD"
-            " and _MECHANISM)"
-        )
-    return ""
 
 
 async def partitions_for(client_kwargs: dict[str, Any], topic: str) -> list[int]:

@@ -27,6 +27,8 @@ from chaoslib import BACKOFF_SCALE, MAX_ATTEMPTS, PARTITIONS, ChaosRun, Scenario
 from harness import Pipeline
 from trimlog import first_positions, trim
 
+from pipeline.fake_provisioner import FakeProvisioner
+
 Rows = dict[int, tuple[Any, ...]]
 # The projected columns and the audit rows of some propagations, for "left untouched".
 _ROWS_SQL = (
@@ -208,10 +210,14 @@ def shared_database(run: ChaosRun) -> None:
     run.stop_component("relay")  # this prefix's relay must not claim the other's rows
     logdir = run.logdir / "other-prefix"
     logdir.mkdir(exist_ok=True)
+    # A provisioner of its own: the run's fake is I2's witness of this prefix's workload, and
+    # the other prefix's effects would count there as keys outside it.
+    their_provisioner = FakeProvisioner(seed=run.seed)
+    their_provisioner.start()
     other = Pipeline(
         database_url=run.p.database_url,
         bootstrap=run.stack.kafka.bootstrap,
-        provisioner_addr=run.p.provisioner_addr,
+        provisioner_addr=str(their_provisioner.address),
         prefix=f"{run.prefix}b-",
         logdir=logdir,
         backoff_scale=BACKOFF_SCALE,
@@ -232,6 +238,7 @@ def shared_database(run: ChaosRun) -> None:
         other.wait_terminal(theirs, timeout=150)
     finally:
         other.stop()
+        their_provisioner.stop()
     run.fault(
         "second prefix on the same database",
         landed=len(theirs) == 40,  # wait_terminal raised unless all of them ended
