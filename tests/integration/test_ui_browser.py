@@ -107,6 +107,15 @@ def _wait(driver: Any, css: str, timeout: float = 60) -> Any:
     )
 
 
+def _navigates(driver: Any, act: Callable[[], Any], timeout: float = 60) -> None:
+    # Runs an action that loads a new page and waits until the old document is gone. Without
+    # this, a wait for an element both pages share returns the old page's copy: CI saw the
+    # filter's result counted while the unfiltered list was still on screen.
+    old = driver.find_element(By.TAG_NAME, "html")
+    act()
+    WebDriverWait(driver, timeout).until(ec.staleness_of(old))
+
+
 def _no_secrets(html: str) -> None:
     # Neither the token nor the database's password, URL or login user ever reach a page.
     for secret in (TOKEN, PASSWORDS["pipeline_operator"], "postgresql://", "_operator_user"):
@@ -171,8 +180,9 @@ def _hostile_strings_stay_inert(driver: Any, console: Console, hostile: int) -> 
 
     # Found by its resource id from the header's search, then opened.
     box = driver.find_element(By.CSS_SELECTOR, "header input[name=q]")
-    box.send_keys("xss-1\n")
-    _wait(driver, "#results").find_element(By.LINK_TEXT, str(hostile)).click()
+    _navigates(driver, lambda: box.send_keys("xss-1\n"))
+    link = _wait(driver, "#results").find_element(By.LINK_TEXT, str(hostile))
+    _navigates(driver, link.click)
     _wait(driver, "#events")
     assert _text(driver, "#state") == "dead_lettered"
     assert HOSTILE_TIER in _text(driver, "#payload")
@@ -189,7 +199,7 @@ def _refused_without_token(driver: Any, console: Console, p: Pipeline, hostile: 
     driver.get(f"{console.url}/propagations/{hostile}")
     driver.find_element(By.ID, "retry-operator").send_keys("mallory")
     driver.find_element(By.ID, "retry-reason").send_keys("no token")
-    driver.find_element(By.ID, "retry-submit").click()
+    _navigates(driver, driver.find_element(By.ID, "retry-submit").click)
     assert _text(driver, "#problem-title") == "Token required"
     screenshot(driver, "retry-refused")
     logged = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
@@ -215,11 +225,11 @@ def _retry_as_operator(driver: Any, console: Console, stack: Stack) -> None:
     p, hostile, other = stack.p, stack.hostile, stack.other
     driver.get(console.url + "/dead-letters")
     login = driver.find_element(By.ID, "login")
-    login.find_element(By.NAME, "token").send_keys(TOKEN + "\n")
+    _navigates(driver, lambda: login.find_element(By.NAME, "token").send_keys(TOKEN + "\n"))
     assert _wait(driver, "#mode").text == "operator"
     # The filter narrows the list: by kind, only the second dead letter is left.
     Select(driver.find_element(By.NAME, "kind")).select_by_value("tier_demotion")
-    driver.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
+    _navigates(driver, driver.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click)
     _wait(driver, f"#dead-letters tr[data-id='{other}']")
     assert len(driver.find_elements(By.CSS_SELECTOR, "#dead-letters tbody tr")) == 1
     # By reason and skip bucket (the audit-driven query): both, as the pipeline recorded them.
@@ -228,13 +238,13 @@ def _retry_as_operator(driver: Any, console: Console, stack: Stack) -> None:
     assert sorted(int(r.get_attribute("data-id")) for r in rows) == sorted((hostile, other))
     driver.get(console.url + "/dead-letters?reason=unknown_kind")
     assert "no dead letters match" in _text(driver, "#dead-letters")
-    driver.find_element(By.LINK_TEXT, "clear").click()
+    _navigates(driver, driver.find_element(By.LINK_TEXT, "clear").click)
     _wait(driver, f"#dead-letters tr[data-id='{hostile}']")
     stack.provisioner.set_rules([])  # the cause is fixed; now the retries can succeed
     driver.find_element(By.ID, "select-all").click()  # both dead letters
     driver.find_element(By.ID, "retry-operator").send_keys("alice")
     driver.find_element(By.ID, "retry-reason").send_keys("skip rule removed")
-    driver.find_element(By.ID, "retry-submit").click()
+    _navigates(driver, driver.find_element(By.ID, "retry-submit").click)
     _wait(driver, "#retry-results tbody tr")
     results = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#retry-results tbody tr")]
     assert results == [
