@@ -23,11 +23,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy pipeline
 
-proto: $(STAMP)  ## regenerate pipeline/proto from pipeline/schemas/provisioner.proto (a copy of schemas/)
-	$(BIN)/python -m pipeline.proto.generate
+proto: $(STAMP)  ## regenerate pipeline/adapters/proto from pipeline/schemas/provisioner.proto (a copy of schemas/)
+	$(BIN)/python -m pipeline.adapters.proto.generate
 
 proto-check: $(STAMP)
-	$(BIN)/python -m pipeline.proto.generate --check
+	$(BIN)/python -m pipeline.adapters.proto.generate --check
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.stack import procs
-from pipeline.stack.kafka import KafkaBroker
-from pipeline.stack.postgres import ExternalPostgres, PostgresCluster
+from pipeline.devtools.stack import procs
+from pipeline.devtools.stack.kafka import KafkaBroker
+from pipeline.devtools.stack.postgres import ExternalPostgres, PostgresCluster
 
 # Log files of the services this session started, for the failure report hook below.
 _SERVICE_LOGS: dict[str, Path] = {}

@@ -21,14 +21,14 @@ PACKAGE_DATA = (
     "pipeline/schemas/propagation.command.v1.json",
     "pipeline/schemas/propagation.outcome.v1.json",
     "pipeline/schemas/provisioner.proto",
-    "pipeline/stack/kafka-pom.xml",
-    "pipeline/migrations/0001_outbox.sql",
-    "pipeline/migrations/0005_outcome_provenance.sql",
+    "pipeline/devtools/stack/kafka-pom.xml",
+    "pipeline/store/migrations/0001_outbox.sql",
+    "pipeline/store/migrations/0005_outcome_provenance.sql",
     "pipeline/py.typed",
-    "pipeline/ui/templates/base.html",
-    "pipeline/ui/static/console.js",
-    "pipeline/ui/static/uPlot.iife.min.js",
-    "pipeline/ui/static/uPlot.LICENSE",
+    "pipeline/ops/console/templates/base.html",
+    "pipeline/ops/console/static/console.js",
+    "pipeline/ops/console/static/uPlot.iife.min.js",
+    "pipeline/ops/console/static/uPlot.LICENSE",
 )
 _CLASSIFIER = re.compile(r"^Programming Language :: Python :: 3\.(\d+)$")
 

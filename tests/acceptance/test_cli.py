@@ -25,7 +25,7 @@ from psycopg.types.json import Jsonb
 
 pytestmark = pytest.mark.acceptance
 
-CLI = [sys.executable, "-m", "pipeline.cli"]
+CLI = [sys.executable, "-m", "pipeline.ops.cli"]
 
 
 class Operator:

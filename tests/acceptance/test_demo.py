@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.demo_workload import PATHS
-from pipeline.stack import procs
+from pipeline.devtools.stack import procs
+from pipeline.devtools.workload import PATHS
 
 pytestmark = pytest.mark.acceptance
 
@@ -21,7 +21,7 @@ def test_demo_runs_every_path_to_its_expected_end_and_tears_down(tmp_path: Path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     result = subprocess.run(
         [
-            *(sys.executable, "-m", "pipeline.cli", "demo", "--count", "300", "--plain"),
+            *(sys.executable, "-m", "pipeline.ops.cli", "demo", "--count", "300", "--plain"),
             *("--state-dir", str(tmp_path), "--metrics-port", str(procs.free_port())),
         ],
         env=env,

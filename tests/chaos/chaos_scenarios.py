@@ -32,10 +32,10 @@ from harness import dedupe
 from prometheus_client.parser import text_string_to_metric_families
 from retention_scenarios import RETENTION_SCENARIOS
 
-from pipeline.events import COMMAND_SCHEMA, OUTCOME_SCHEMA, command_event_id, iso, utcnow
-from pipeline.fake_provisioner import Rule
-from pipeline.metrics import Metrics
-from pipeline.stack import procs
+from pipeline.devtools.fake_provisioner import Rule
+from pipeline.devtools.stack import procs
+from pipeline.domain.events import COMMAND_SCHEMA, OUTCOME_SCHEMA, command_event_id, iso, utcnow
+from pipeline.runtime.metrics import Metrics
 
 BIG = 300 * 1024  # over the 256 KiB event limit
 

@@ -83,14 +83,14 @@ from invariants import (
 )
 from psycopg.types.json import Jsonb
 
-from pipeline.errors import PipelineError
-from pipeline.events import COMMAND_SCHEMA, idempotency_key
-from pipeline.fake_provisioner import FakeProvisioner, Rule
-from pipeline.lag import LagReport, measure, pipeline_sources
-from pipeline.outbox import enqueue
-from pipeline.stack import procs
-from pipeline.stack.kafka import KafkaBroker
-from pipeline.stack.postgres import PostgresCluster
+from pipeline.components.lag import LagReport, measure, pipeline_sources
+from pipeline.devtools.fake_provisioner import FakeProvisioner, Rule
+from pipeline.devtools.stack import procs
+from pipeline.devtools.stack.kafka import KafkaBroker
+from pipeline.devtools.stack.postgres import PostgresCluster
+from pipeline.domain.errors import PipelineError
+from pipeline.domain.events import COMMAND_SCHEMA, idempotency_key
+from pipeline.store.outbox import enqueue
 
 MAX_ATTEMPTS = 5
 BACKOFF_SCALE = 0.0001  # 1m -> 6 ms; the 5-attempt schedule takes about 0.3 s
@@ -507,7 +507,7 @@ class ChaosRun:
         self.p.start()
 
     def _db_url(self) -> str:
-        from pipeline.stack.postgres import database_url
+        from pipeline.devtools.stack.postgres import database_url
 
         return database_url(self.stack.postgres.url, self.dbname)
 
@@ -1139,7 +1139,15 @@ def check_i4(run: ChaosRun) -> Check:
     # On a trimmed log (a retention scenario), I4 holds for the range the log still covers.
     covered = ["--covered-only"] if run.notes.get("log_trimmed") else []
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "replay", "--from-beginning", "--rebuild", *covered],
+        [
+            sys.executable,
+            "-m",
+            "pipeline.ops.cli",
+            "replay",
+            "--from-beginning",
+            "--rebuild",
+            *covered,
+        ],
         env=run.p.env(),
         capture_output=True,
         text=True,

@@ -30,10 +30,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from chaoslib import ChaosRun, PathSpec, Scenario, ScenarioError, Stack, port_refused
 from psycopg.types.json import Jsonb
 
-from pipeline.stack import procs
-from pipeline.stack.kafka import KafkaBroker
-from pipeline.stack.kafka_cluster import KafkaCluster
-from pipeline.stack.postgres import PostgresCluster
+from pipeline.devtools.stack import procs
+from pipeline.devtools.stack.kafka import KafkaBroker
+from pipeline.devtools.stack.kafka_cluster import KafkaCluster
+from pipeline.devtools.stack.postgres import PostgresCluster
 
 NODES = 3
 STALL_BOUND_S = 15.0  # issue 12: worst insert-to-applied during a broker's loss
@@ -203,7 +203,7 @@ class FaultWatch:
             started = time.monotonic()
             try:
                 res = subprocess.run(
-                    [sys.executable, "-m", "pipeline.cli", "lag", "--json"],
+                    [sys.executable, "-m", "pipeline.ops.cli", "lag", "--json"],
                     env=env,
                     capture_output=True,
                     text=True,
@@ -220,8 +220,8 @@ class FaultWatch:
             self.cli_answers.append(LagAnswer(round(seconds, 2), res.returncode, partial))
 
     def _in_process(self) -> LagAnswer:
-        from pipeline.lag import LagProbe, pipeline_sources
-        from pipeline.status import LAG_WITHIN_S
+        from pipeline.components.lag import LagProbe, pipeline_sources
+        from pipeline.ops.status import LAG_WITHIN_S
 
         run = self.run
         sources = pipeline_sources(

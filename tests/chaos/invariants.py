@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pipeline.events import idempotency_key
-from pipeline.fake_provisioner import Call, Effect
+from pipeline.devtools.fake_provisioner import Call, Effect
+from pipeline.domain.events import idempotency_key
 
 TERMINAL = ("applied", "dead_lettered", "unknown_kind_dead_lettered")
 DEAD = ("dead_lettered", "unknown_kind_dead_lettered")

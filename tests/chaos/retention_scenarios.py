@@ -27,7 +27,7 @@ from chaoslib import BACKOFF_SCALE, MAX_ATTEMPTS, PARTITIONS, ChaosRun, Scenario
 from harness import Pipeline
 from trimlog import first_positions, trim
 
-from pipeline.fake_provisioner import FakeProvisioner
+from pipeline.devtools.fake_provisioner import FakeProvisioner
 
 Rows = dict[int, tuple[Any, ...]]
 # The projected columns and the audit rows of some propagations, for "left untouched".
@@ -71,7 +71,7 @@ def changed(before: tuple[Any, Any], after: tuple[Any, Any]) -> str:
 
 def replay(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any] | None, str]:
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "replay", *args],
+        [sys.executable, "-m", "pipeline.ops.cli", "replay", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -31,7 +31,7 @@ from cluster_scenarios import BY_NAME as CLUSTER_BY_NAME  # noqa: E402
 from cluster_scenarios import CLUSTER_SCENARIOS, ClusterStack  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from pipeline.stack import procs  # noqa: E402
+from pipeline.devtools.stack import procs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

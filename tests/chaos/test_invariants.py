@@ -31,10 +31,10 @@ from invariants import (
     window_allowances,
 )
 
-from pipeline.events import idempotency_key
-from pipeline.fake_provisioner import Call, Effect, FakeProvisioner, Rule
-from pipeline.proto import provisioner_pb2 as pb
-from pipeline.proto import provisioner_pb2_grpc as pb_grpc
+from pipeline.adapters.proto import provisioner_pb2 as pb
+from pipeline.adapters.proto import provisioner_pb2_grpc as pb_grpc
+from pipeline.devtools.fake_provisioner import Call, Effect, FakeProvisioner, Rule
+from pipeline.domain.events import idempotency_key
 
 K1, K2 = idempotency_key(1), idempotency_key(2)
 

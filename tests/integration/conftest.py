@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from harness import Pipeline
 
-from pipeline.fake_provisioner import FakeProvisioner
-from pipeline.stack.kafka import KafkaBroker
+from pipeline.devtools.fake_provisioner import FakeProvisioner
+from pipeline.devtools.stack.kafka import KafkaBroker
 
 
 @pytest.fixture

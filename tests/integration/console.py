@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.stack.procs import free_port
+from pipeline.devtools.stack.procs import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -39,7 +39,7 @@ class Console:
         env = {**env, "PIPELINE_UI_PORT": str(self.port)}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "ui", "--lag-interval", "1"],
+                [sys.executable, "-m", "pipeline.ops.cli", "ui", "--lag-interval", "1"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

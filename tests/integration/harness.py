@@ -18,8 +18,8 @@ import orjson
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.migrate import migrate
-from pipeline.stack.procs import free_port
+from pipeline.devtools.stack.procs import free_port
+from pipeline.store.migrate import migrate
 
 COMPONENTS = {"relay": "relay", "worker": "worker", "projector": "project"}
 # The worker's exit code when it gives up a stalled faust recovery and asks for a restart.
@@ -74,7 +74,7 @@ class Pipeline:
             env["PIPELINE_METRICS_PORT"] = str(port)
             log = open(self.logdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", COMPONENTS.get(name) or EXTRA[name]],
+                [sys.executable, "-m", "pipeline.ops.cli", COMPONENTS.get(name) or EXTRA[name]],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

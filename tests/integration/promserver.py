@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.stack.procs import free_port, tail
+from pipeline.devtools.stack.procs import free_port, tail
 
 
 class PrometheusServer:

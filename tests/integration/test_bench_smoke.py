@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from pipeline.bench import report as report_mod
-from pipeline.bench.run import Settings, Stack, run_bench
-from pipeline.stack.kafka import KafkaBroker
+from pipeline.devtools.bench import report as report_mod
+from pipeline.devtools.bench.run import Settings, Stack, run_bench
+from pipeline.devtools.stack.kafka import KafkaBroker
 
 pytestmark = pytest.mark.integration
 

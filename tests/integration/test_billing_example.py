@@ -15,7 +15,7 @@ import pytest
 from harness import Pipeline
 from test_end_to_end import RULES, seed_workload
 
-from pipeline.fake_provisioner import FakeProvisioner
+from pipeline.devtools.fake_provisioner import FakeProvisioner
 
 pytestmark = pytest.mark.integration
 

@@ -22,11 +22,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from harness import Pipeline
 
-from pipeline.config import PARTIAL_EXIT_CODE
-from pipeline.fake_provisioner import FakeProvisioner, Rule
-from pipeline.outbox import enqueue
-from pipeline.stack.kafka_cluster import KafkaCluster
-from pipeline.streams.shutdown import NOT_DRAINED_EXIT_CODE
+from pipeline.components.worker.shutdown import NOT_DRAINED_EXIT_CODE
+from pipeline.devtools.fake_provisioner import FakeProvisioner, Rule
+from pipeline.devtools.stack.kafka_cluster import KafkaCluster
+from pipeline.runtime.config import PARTIAL_EXIT_CODE
+from pipeline.store.outbox import enqueue
 
 pytestmark = pytest.mark.integration
 
@@ -157,7 +157,7 @@ def _wait_log_events(p: Pipeline, log: Path, event: str, timeout: float = 90) ->
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
+        [sys.executable, "-m", "pipeline.ops.cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -15,9 +15,9 @@ import pytest
 from harness import Pipeline, dedupe
 from psycopg.types.json import Jsonb
 
-from pipeline.events import idempotency_key
-from pipeline.fake_provisioner import FakeProvisioner, Rule
-from pipeline.outbox import enqueue
+from pipeline.devtools.fake_provisioner import FakeProvisioner, Rule
+from pipeline.domain.events import idempotency_key
+from pipeline.store.outbox import enqueue
 
 pytestmark = pytest.mark.integration
 

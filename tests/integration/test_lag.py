@@ -19,10 +19,10 @@ import psycopg
 import pytest
 from harness import Pipeline
 
-from pipeline import lag
-from pipeline.config import Config
-from pipeline.outbox import enqueue
-from pipeline.stack.kafka import KafkaBroker
+from pipeline.components import lag
+from pipeline.devtools.stack.kafka import KafkaBroker
+from pipeline.runtime.config import Config
+from pipeline.store.outbox import enqueue
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,7 @@ def test_processor_lag_grows_by_exactly_the_unconsumed_commands(
     # The CLI prints the same figures for scripts.
     env = {**p.env(), "PIPELINE_LOG_LEVEL": "WARNING"}
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "lag", "--json"],
+        [sys.executable, "-m", "pipeline.ops.cli", "lag", "--json"],
         env=env,
         capture_output=True,
         text=True,
@@ -122,7 +122,7 @@ def test_processor_lag_grows_by_exactly_the_unconsumed_commands(
     }
 
     # The monitor's gauges carry the same figures.
-    from pipeline.metrics import Metrics
+    from pipeline.runtime.metrics import Metrics
 
     metrics = Metrics(["tier_elevation"])
     monitor = lag.LagMonitor(

@@ -11,7 +11,7 @@ import uuid
 import psycopg
 import pytest
 
-from pipeline.migrate import available, migrate
+from pipeline.store.migrate import available, migrate
 
 pytestmark = pytest.mark.integration
 

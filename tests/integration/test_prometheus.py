@@ -21,7 +21,7 @@ from harness import Pipeline
 from promserver import PrometheusServer
 from test_end_to_end import RULES, Path_, seed_workload
 
-from pipeline.fake_provisioner import FakeProvisioner
+from pipeline.devtools.fake_provisioner import FakeProvisioner
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from certs import make_certs
 
-from pipeline.events import Applied, CallFailed, Skipped
-from pipeline.fake_provisioner import FakeProvisioner, Rule
-from pipeline.provisioner_client import GrpcProvisioner
+from pipeline.adapters.provisioner import GrpcProvisioner
+from pipeline.devtools.fake_provisioner import FakeProvisioner, Rule
+from pipeline.domain.events import Applied, CallFailed, Skipped
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from harness import Pipeline
 from test_end_to_end import RULES, seed_workload
 
-from pipeline.fake_provisioner import FakeProvisioner
+from pipeline.devtools.fake_provisioner import FakeProvisioner
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ async def _log_records(bootstrap: str, topic: str) -> dict[int, list[tuple[int, 
 
 def run_cli(p: Pipeline, *args: str, rc: int = 0, timeout: float = 120) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "replay", *args],
+        [sys.executable, "-m", "pipeline.ops.cli", "replay", *args],
         env=p.env(),
         capture_output=True,
         text=True,
@@ -108,7 +108,7 @@ def wait_caught_up(p: Pipeline, topic: str) -> dict[int, int]:
 def kill_midway(p: Pipeline, *args: str) -> None:
     """Start a throttled replay, SIGKILL it once progress shows it is partway through."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "replay", "--batch-size", "50",
+        [sys.executable, "-m", "pipeline.ops.cli", "replay", "--batch-size", "50",
          "--max-rate", "400", "--progress-interval", "0.1", *args],
         env=p.env(),
         stdout=subprocess.PIPE,
@@ -155,7 +155,7 @@ def test_projection_equals_replay(
     assert "locked by a live projector" in refused and "pid " in refused, refused
     # ...or, with --wait, waits until the projector stops.
     waiting = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "replay", "--wait", "--from-end"],
+        [sys.executable, "-m", "pipeline.ops.cli", "replay", "--wait", "--from-end"],
         env=p.env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -26,7 +26,7 @@ from test_lag import enqueue_n
 from test_replay import _log_records, run_cli, state, wait_caught_up
 from trimlog import first_positions, trim
 
-from pipeline.events import iso
+from pipeline.domain.events import iso
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ PREDICTED = (
 
 def cli_json(p: Pipeline, *args: str) -> Any:
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args, "--json"],
+        [sys.executable, "-m", "pipeline.ops.cli", *args, "--json"],
         env=p.env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

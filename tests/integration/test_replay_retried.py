@@ -18,11 +18,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from pipeline import status_store
-from pipeline.events import DeadLetterReason, Outcome, OutcomeEvent, iso, utcnow
-from pipeline.migrate import migrate
-from pipeline.projections.replay_store import ReplayStore
-from pipeline.projections.store import Located, ProjectionStore
+from pipeline.domain.events import DeadLetterReason, Outcome, OutcomeEvent, iso, utcnow
+from pipeline.store import status as status_store
+from pipeline.store.migrate import migrate
+from pipeline.store.projection import Located, ProjectionStore
+from pipeline.store.replay import ReplayStore
 
 pytestmark = pytest.mark.integration
 

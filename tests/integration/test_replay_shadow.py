@@ -8,8 +8,8 @@ import asyncio
 import psycopg
 import pytest
 
-from pipeline.migrate import migrate
-from pipeline.projections.replay_store import ReplayStore
+from pipeline.store.migrate import migrate
+from pipeline.store.replay import ReplayStore
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from pipeline.errors import BrokerError
-from pipeline.stack.kafka import KafkaBroker
-from pipeline.tail import LogReader, StartPoint
-from pipeline.topics import ensure_topics
+from pipeline.adapters.topics import ensure_topics
+from pipeline.devtools.stack.kafka import KafkaBroker
+from pipeline.domain.errors import BrokerError
+from pipeline.ops.tail import LogReader, StartPoint
 
 pytestmark = pytest.mark.integration
 

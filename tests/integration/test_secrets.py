@@ -22,9 +22,9 @@ import pytest
 from certs import make_certs
 from harness import Pipeline
 
-from pipeline.fake_provisioner import FakeProvisioner, Rule
-from pipeline.outbox import enqueue
-from pipeline.stack.kafka import BrokerSecurity, KafkaBroker
+from pipeline.devtools.fake_provisioner import FakeProvisioner, Rule
+from pipeline.devtools.stack.kafka import BrokerSecurity, KafkaBroker
+from pipeline.store.outbox import enqueue
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def sasl_env(certs: Path, password: str) -> dict[str, str]:
 
 def cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
+        [sys.executable, "-m", "pipeline.ops.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -169,7 +169,7 @@ def test_secrets_never_leak(
     log = tmp_path / "relay-unreachable-db.log"
     with log.open("wb") as f:
         relay = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "relay"],
+            [sys.executable, "-m", "pipeline.ops.cli", "relay"],
             env={**env, "PIPELINE_DATABASE_URL": f"postgresql://u:{PG_SECRET}@127.0.0.1:1/x"},
             stdout=f,
             stderr=subprocess.STDOUT,

@@ -19,12 +19,12 @@ from aiokafka.errors import KafkaConnectionError
 from certs import make_certs
 from harness import Pipeline, dedupe, read_topic
 
-from pipeline.config import Config, Secret
-from pipeline.events import idempotency_key
-from pipeline.fake_provisioner import FakeProvisioner
-from pipeline.outbox import enqueue
-from pipeline.stack import procs
-from pipeline.stack.kafka import BrokerSecurity, KafkaBroker
+from pipeline.devtools.fake_provisioner import FakeProvisioner
+from pipeline.devtools.stack import procs
+from pipeline.devtools.stack.kafka import BrokerSecurity, KafkaBroker
+from pipeline.domain.events import idempotency_key
+from pipeline.runtime.config import Config, Secret
+from pipeline.store.outbox import enqueue
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ import psycopg
 import pytest
 from harness import Pipeline
 
-from pipeline.migrate import migrate
-from pipeline.outbox import enqueue
-from pipeline.roles import ROLES, create_roles, login_user, password_variable
+from pipeline.store.migrate import migrate
+from pipeline.store.outbox import enqueue
+from pipeline.store.roles import ROLES, create_roles, login_user, password_variable
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def create_roles_with_cli(database_url: str) -> str:
     env["PIPELINE_DATABASE_URL"] = database_url
     env.update({password_variable(spec): PASSWORDS[spec.name] for spec in ROLES})
     res = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "migrate", "--create-roles"],
+        [sys.executable, "-m", "pipeline.ops.cli", "migrate", "--create-roles"],
         env=env,
         capture_output=True,
         text=True,

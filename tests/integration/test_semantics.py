@@ -15,16 +15,16 @@ from aiokafka import AIOKafkaProducer
 from harness import Pipeline, dedupe, read_topic
 from psycopg.types.json import Jsonb
 
-from pipeline.events import Outcome, OutcomeEvent, outcome_event_id, parse_iso
-from pipeline.fake_provisioner import FakeProvisioner, Rule
-from pipeline.metrics import Metrics
-from pipeline.migrate import migrate
-from pipeline.outbox import enqueue, kind_enum_values
-from pipeline.projections.projector import Projector
-from pipeline.registry import build_registry
-from pipeline.relay import Relay, make_producer
-from pipeline.stack.kafka import KafkaBroker
-from pipeline.topics import ensure_topics
+from pipeline.adapters.topics import ensure_topics
+from pipeline.components.projector import Projector
+from pipeline.components.relay import Relay, make_producer
+from pipeline.devtools.fake_provisioner import FakeProvisioner, Rule
+from pipeline.devtools.stack.kafka import KafkaBroker
+from pipeline.domain.events import Outcome, OutcomeEvent, outcome_event_id, parse_iso
+from pipeline.domain.registry import build_registry
+from pipeline.runtime.metrics import Metrics
+from pipeline.store.migrate import migrate
+from pipeline.store.outbox import enqueue, kind_enum_values
 
 pytestmark = pytest.mark.integration
 
@@ -146,7 +146,7 @@ def test_every_enum_value_has_a_handler(database_url: str) -> None:
 
 
 def test_migrate_twice_is_a_no_op(database_url: str) -> None:
-    from pipeline.migrate import available
+    from pipeline.store.migrate import available
 
     names = [m.name for m in available()]
     assert names[0] == "0001_outbox.sql"

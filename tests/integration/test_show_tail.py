@@ -13,15 +13,15 @@ import psycopg
 import pytest
 from harness import Pipeline, dedupe
 
-from pipeline.fake_provisioner import FakeProvisioner, Rule
-from pipeline.outbox import enqueue
+from pipeline.devtools.fake_provisioner import FakeProvisioner, Rule
+from pipeline.store.outbox import enqueue
 
 pytestmark = pytest.mark.integration
 
 
 def cli(p: Pipeline, *args: str, rc: int = 0) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
+        [sys.executable, "-m", "pipeline.ops.cli", *args],
         env=p.env(),
         capture_output=True,
         text=True,
@@ -109,7 +109,7 @@ def test_show_and_tail(
 
     # Following from the end (the default) sees an event that arrives later.
     follower = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "tail", "--team", "late"],
+        [sys.executable, "-m", "pipeline.ops.cli", "tail", "--team", "late"],
         env=p.env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

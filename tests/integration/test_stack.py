@@ -13,8 +13,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline.stack import procs
-from pipeline.stack.kafka import KafkaBroker
+from pipeline.devtools.stack import procs
+from pipeline.devtools.stack.kafka import KafkaBroker
 
 pytestmark = pytest.mark.integration
 
@@ -97,8 +97,8 @@ async def test_idempotent_produce_and_group_consume(
 async def test_worker_watchdog_reads_end_offsets_without_a_group(
     kafka_broker: KafkaBroker, topic_prefix: str
 ) -> None:
-    # The progress watchdog's view of the broker (pipeline/streams/progress.py).
-    from pipeline.streams.progress import EndOffsets
+    # The progress watchdog's view of the broker (pipeline/components/worker/progress.py).
+    from pipeline.components.worker.progress import EndOffsets
 
     topic = f"{topic_prefix}watched"
     await _create_topic(kafka_broker.bootstrap, topic, 3)
@@ -115,12 +115,12 @@ async def test_worker_watchdog_reads_end_offsets_without_a_group(
 async def test_worker_baselines_are_the_groups_committed_offsets_or_log_start(
     kafka_broker: KafkaBroker, topic_prefix: str
 ) -> None:
-    # The sequencer's starting points (pipeline/streams/progress.py): a committed 0 must stay
+    # The sequencer's starting points (components/worker/progress.py): a committed 0 must stay
     # 0 (faust's cache turns it into "none"), an uncommitted partition starts at its log start.
     from aiokafka.admin.records_to_delete import RecordsToDelete
     from aiokafka.structs import OffsetAndMetadata
 
-    from pipeline.streams.progress import EndOffsets
+    from pipeline.components.worker.progress import EndOffsets
 
     bootstrap = kafka_broker.bootstrap
     topic, group = f"{topic_prefix}based", f"{topic_prefix}based-group"
@@ -174,7 +174,7 @@ async def test_worker_baselines_fail_when_the_broker_cannot_answer() -> None:
     # No guessing: after the bounded retry the error reaches the worker (which restarts).
     from aiokafka.errors import KafkaConnectionError
 
-    from pipeline.streams.progress import EndOffsets
+    from pipeline.components.worker.progress import EndOffsets
 
     offsets = EndOffsets({"bootstrap_servers": f"127.0.0.1:{procs.free_port()}"}, "absent")
     try:

@@ -20,10 +20,10 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from test_security_roles import PASSWORDS, url_for
 
-from pipeline.fake_provisioner import FakeProvisioner
-from pipeline.fake_provisioner.rules import Rule
-from pipeline.outbox import enqueue
-from pipeline.roles import create_roles
+from pipeline.devtools.fake_provisioner import FakeProvisioner
+from pipeline.devtools.fake_provisioner.rules import Rule
+from pipeline.store.outbox import enqueue
+from pipeline.store.roles import create_roles
 
 pytestmark = pytest.mark.integration
 
@@ -325,7 +325,7 @@ def test_console_without_its_database_hides_the_connection_details(
 def test_console_without_kafka_still_tells_the_postgres_story(
     make_pipeline: Callable[..., Pipeline],
 ) -> None:
-    from pipeline.stack.procs import free_port
+    from pipeline.devtools.stack.procs import free_port
 
     p = make_pipeline()
     with psycopg.connect(p.database_url) as conn:

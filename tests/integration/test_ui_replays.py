@@ -14,8 +14,8 @@ from harness import Pipeline
 from test_replay import kill_midway, run_cli
 from test_security_roles import PASSWORDS, url_for
 
-from pipeline.outbox import enqueue
-from pipeline.roles import create_roles
+from pipeline.store.outbox import enqueue
+from pipeline.store.roles import create_roles
 
 pytestmark = pytest.mark.integration
 

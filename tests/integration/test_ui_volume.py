@@ -19,7 +19,7 @@ from console import ARTIFACTS, Client, Console
 from harness import Pipeline
 from test_security_roles import PASSWORDS, url_for
 
-from pipeline.roles import create_roles
+from pipeline.store.roles import create_roles
 
 pytestmark = pytest.mark.integration
 

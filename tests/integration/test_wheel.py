@@ -28,7 +28,7 @@ import pytest
 from distribution import PACKAGE_DATA, ROOT, find_python, supported_pythons, version
 
 import pipeline
-from pipeline.stack import procs
+from pipeline.devtools.stack import procs
 
 # Three venvs are made at once and two stacks started; on a loaded machine that has taken 5
 # minutes (about 75 s of CPU), hence more than the default 600 s for the first test.
@@ -42,9 +42,9 @@ ENDS = sorted({SUPPORTED[0], SUPPORTED[-1]})
 _SMOKE = """
 import importlib, sys
 import pipeline
-from pipeline import codec
-from pipeline.events import Command
-from pipeline.stack import kafka
+from pipeline.domain import codec
+from pipeline.domain.events import Command
+from pipeline.devtools.stack import kafka
 for name in sys.argv[1:]:
     importlib.import_module(name)
 cmd = Command(event_id="e-1", propagation_id=7, kind="tier_elevation", attempt=1,
@@ -61,7 +61,7 @@ def _modules() -> list[str]:
     return [
         m.name
         for m in pkgutil.walk_packages(pipeline.__path__, "pipeline.")
-        if not m.name.startswith("pipeline.bench.")
+        if not m.name.startswith("pipeline.devtools.bench.")
     ]
 
 

@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipeline.backoff import delay_after, next_attempt_at
+from pipeline.domain.backoff import delay_after, next_attempt_at
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.bench.steady import flatness
-from pipeline.bench.store import percentiles
+from pipeline.devtools.bench.steady import flatness
+from pipeline.store.bench import percentiles
 
 
 @pytest.mark.parametrize(

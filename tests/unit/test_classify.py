@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.classify import BUCKETS, bucket, is_allowed_skip
+from pipeline.domain.classify import BUCKETS, bucket, is_allowed_skip
 
 
 @pytest.mark.parametrize(

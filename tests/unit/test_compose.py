@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import Config
+from pipeline.runtime.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose" / "docker-compose.yml"
@@ -46,7 +46,9 @@ def test_every_pipeline_variable_is_a_config_field() -> None:
         for var in _environment(service):
             if var.startswith("PIPELINE_"):
                 seen += 1
-                assert var in known, f"service {name}: {var} is not a pipeline.config setting"
+                assert var in known, (
+                    f"service {name}: {var} is not a pipeline.runtime.config setting"
+                )
     assert seen, "no PIPELINE_ variables found at all"
 
 

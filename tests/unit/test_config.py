@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.config import RESCUE_STUCK_AFTER, Config, Secret
-from pipeline.errors import ConfigError
+from pipeline.domain.errors import ConfigError
+from pipeline.runtime.config import RESCUE_STUCK_AFTER, Config, Secret
 
 BASE = {
     "PIPELINE_DATABASE_URL": "postgresql://u@h/db",
@@ -64,7 +64,7 @@ def test_sasl_needs_credentials_and_the_password_never_shows() -> None:
 def test_rescue_pin_is_exactly_25_minutes_and_in_the_pinned_settings() -> None:
     from datetime import timedelta
 
-    from pipeline.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE
+    from pipeline.runtime.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE
 
     assert timedelta(minutes=25) == RESCUE_STUCK_AFTER
     # longer than one whole attempt (every call at its deadline, plus pauses) ...

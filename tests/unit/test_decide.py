@@ -2,14 +2,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipeline.decide import (
+from pipeline.domain.decide import (
     RetryPolicy,
     decide_invalid,
     decide_reply,
     decide_unknown_kind,
     dedupe_action,
 )
-from pipeline.events import Applied, CallFailed, DeadLetterReason, Outcome, Skipped
+from pipeline.domain.events import Applied, CallFailed, DeadLetterReason, Outcome, Skipped
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = RetryPolicy(max_attempts=10, scale=1.0)

@@ -17,9 +17,11 @@ from distribution import (
     version,
 )
 
-from pipeline import cli, codec
-from pipeline.proto import generate
-from pipeline.stack import kafka
+import pipeline
+from pipeline.adapters.proto import generate
+from pipeline.devtools.stack import kafka
+from pipeline.domain import codec
+from pipeline.ops import cli
 
 
 def test_packaged_schemas_are_the_published_ones() -> None:
@@ -51,9 +53,9 @@ def test_a_stale_or_missing_copy_is_found(tmp_path: Path) -> None:
 
 def test_runtime_files_are_read_from_the_package() -> None:
     # Not from the repository root, which an installed wheel does not have.
-    package = Path(cli.__file__).resolve().parent
+    package = Path(pipeline.__file__).resolve().parent
     assert Path(str(codec.SCHEMA_DIR)).resolve() == package / "schemas"
-    assert kafka.pom_path().resolve() == package / "stack" / "kafka-pom.xml"
+    assert kafka.pom_path().resolve() == package / "devtools" / "stack" / "kafka-pom.xml"
     assert Path(str(generate.PROTO)).resolve() == package / "schemas" / "provisioner.proto"
     assert codec.schema_document("propagation.command.v1")["title"] == "propagation.command.v1"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.fake_provisioner import Rule, choose_rule, load_rules, rules_from_json
+from pipeline.devtools.fake_provisioner import Rule, choose_rule, load_rules, rules_from_json
+from pipeline.domain.errors import ConfigError
 
 FLAKY = Rule(match="db-flaky-*", action="error", code="UNAVAILABLE")
 SKIP = Rule(match="db-legacy-*", action="skip", reason="legacy resource")

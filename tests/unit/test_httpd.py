@@ -11,8 +11,8 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from pipeline import httpd
-from pipeline.errors import PipelineError
+from pipeline.domain.errors import PipelineError
+from pipeline.runtime import httpd
 
 
 class FakeClock:

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
-from pipeline.lag import LagReport, PartitionLag, _Budget
-from pipeline.status import _lag_footer, _lag_rows
+from pipeline.components.lag import LagReport, PartitionLag, _Budget
+from pipeline.ops.status import _lag_footer, _lag_rows
 
 
 async def _ask(tps: list[TopicPartition]) -> dict[TopicPartition, int]:

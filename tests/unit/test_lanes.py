@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from pipeline.streams.lanes import OrderedLanes
+from pipeline.components.worker.lanes import OrderedLanes
 
 
 async def _noop_error(exc: BaseException) -> None:

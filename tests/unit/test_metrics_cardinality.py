@@ -4,13 +4,13 @@ import random
 import string
 from dataclasses import replace
 
-from pipeline.events import DeadLetterReason, Outcome, OutcomeEvent
-from pipeline.metrics import Metrics
-from pipeline.registry import build_registry
+from pipeline.domain.events import DeadLetterReason, Outcome, OutcomeEvent
+from pipeline.domain.registry import build_registry
+from pipeline.runtime.metrics import Metrics
 
 
 def _event(kind: str, reason: str, resource_type: str, i: int) -> OutcomeEvent:
-    from pipeline.classify import bucket
+    from pipeline.domain.classify import bucket
 
     return OutcomeEvent(
         event_id=str(i),

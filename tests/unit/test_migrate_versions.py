@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import StoreError
-from pipeline.migrate import Migration, _refuse_duplicate_versions, available
+from pipeline.domain.errors import StoreError
+from pipeline.store.migrate import Migration, _refuse_duplicate_versions, available
 
 
 def test_shipped_migrations_have_distinct_versions() -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 from prometheus_client.metrics_core import Metric
 
-from pipeline.metrics import Metrics
-from pipeline.registry import build_registry
+from pipeline.domain.registry import build_registry
+from pipeline.runtime.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"

@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from pipeline import codec
-from pipeline.decide import RetryPolicy
-from pipeline.events import (
+from pipeline.components.worker.processor import CommandProcessor
+from pipeline.domain import codec
+from pipeline.domain.decide import RetryPolicy
+from pipeline.domain.events import (
     Applied,
     CallFailed,
     Command,
@@ -20,9 +21,8 @@ from pipeline.events import (
     command_event_id,
     outcome_event_id,
 )
-from pipeline.metrics import Metrics
-from pipeline.registry import build_registry
-from pipeline.streams.processor import CommandProcessor
+from pipeline.domain.registry import build_registry
+from pipeline.runtime.metrics import Metrics
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import StackError
-from pipeline.stack import procs
-from pipeline.stack.postgres import database_url, mask_url
+from pipeline.devtools.stack import procs
+from pipeline.devtools.stack.postgres import database_url, mask_url
+from pipeline.domain.errors import StackError
 
 
 def test_free_port_is_bindable_on_localhost() -> None:

@@ -16,9 +16,9 @@ from aiokafka.errors import (
 )
 from faust.exceptions import ProducerSendError
 
-from pipeline.metrics import Metrics
-from pipeline.producer import HealingProducer, fatal_idempotence_error
-from pipeline.streams.outcome_sender import OutcomeSender
+from pipeline.adapters.kafka_producer import HealingProducer, fatal_idempotence_error
+from pipeline.components.worker.outcome_sender import OutcomeSender
+from pipeline.runtime.metrics import Metrics
 
 REBUILDS = "instant_propagation_producer_rebuilds_total"
 

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.streams.progress import PartitionView, stalled_partitions
+from pipeline.components.worker.progress import PartitionView, stalled_partitions
 
 
 def view(

@@ -1,5 +1,5 @@
-from pipeline.events import Outcome, OutcomeEvent
-from pipeline.projections.store import Located, rounds
+from pipeline.domain.events import Outcome, OutcomeEvent
+from pipeline.store.projection import Located, rounds
 
 
 def _item(pid: int, attempt: int) -> Located:

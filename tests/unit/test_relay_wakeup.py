@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pipeline.metrics import Metrics
-from pipeline.registry import build_registry
-from pipeline.relay import Relay
+from pipeline.components.relay import Relay
+from pipeline.domain.registry import build_registry
+from pipeline.runtime.metrics import Metrics
 
 
 async def test_a_notify_during_a_claim_wakes_the_next_round() -> None:

@@ -9,11 +9,11 @@ import logging
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline import replication as rep
-from pipeline.config import Config
-from pipeline.errors import ConfigError
-from pipeline.metrics import Metrics
-from pipeline.stack.kafka_cluster import cluster_properties, quorum_leader
+from pipeline.adapters import replication as rep
+from pipeline.devtools.stack.kafka_cluster import cluster_properties, quorum_leader
+from pipeline.domain.errors import ConfigError
+from pipeline.runtime.config import Config
+from pipeline.runtime.metrics import Metrics
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipeline.config import Config, duration_ms
-from pipeline.errors import ConfigError
-from pipeline.lag import LagReport
+from pipeline.components.lag import LagReport
+from pipeline.domain.errors import ConfigError
+from pipeline.runtime.config import Config, duration_ms
 
 BASE = {
     "PIPELINE_DATABASE_URL": "postgresql://u@h/db",

@@ -6,10 +6,10 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline.config import DEDUPE_CHANGELOG_RETENTION, DEDUPE_MAX_ENTRIES, Config
-from pipeline.metrics import Metrics
-from pipeline.streams.app import SEEN_TABLE, build_app
-from pipeline.streams.seen import BoundedDict, SeenTable, changelog_configs
+from pipeline.components.worker.app import SEEN_TABLE, build_app
+from pipeline.components.worker.seen import BoundedDict, SeenTable, changelog_configs
+from pipeline.runtime.config import DEDUPE_CHANGELOG_RETENTION, DEDUPE_MAX_ENTRIES, Config
+from pipeline.runtime.metrics import Metrics
 
 
 def test_forgets_the_least_recently_set_keys() -> None:
@@ -73,7 +73,7 @@ def test_the_worker_builds_its_table_bounded(tmp_path: object) -> None:
 
 async def test_the_worker_consumer_waits_at_most_50_ms_per_fetch(tmp_path: object) -> None:
     # faust hard-codes fetch_max_wait_ms=1500; the worker shortens it (streams/app.py).
-    from pipeline.streams.app import FETCH_MAX_WAIT_MS
+    from pipeline.components.worker.app import FETCH_MAX_WAIT_MS
 
     cfg = Config(
         database_url="postgresql://x/y",

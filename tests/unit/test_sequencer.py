@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.streams.sequencer import Admit, Sequencer
+from pipeline.components.worker.sequencer import Admit, Sequencer
 
 
 @pytest.mark.parametrize(

@@ -8,14 +8,14 @@ import time
 
 from mode.worker import Worker
 
-from pipeline.streams.shutdown import NOT_DRAINED_EXIT_CODE, BoundedStopWorker
+from pipeline.components.worker.shutdown import NOT_DRAINED_EXIT_CODE, BoundedStopWorker
 
 
 def test_the_deadline_ends_a_process_that_hangs() -> None:
     code = (
         "import time\n"
-        "from pipeline import logs\n"
-        "from pipeline.streams.shutdown import arm_stop_deadline\n"
+        "from pipeline.runtime import logs\n"
+        "from pipeline.components.worker.shutdown import arm_stop_deadline\n"
         "logs.configure()\n"
         "arm_stop_deadline(0.3)\n"
         "time.sleep(60)\n"

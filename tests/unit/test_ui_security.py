@@ -11,12 +11,18 @@ import jinja2
 import pytest
 from starlette.requests import Request
 
-from pipeline.config import Config
-from pipeline.console_store import DeadLetterFilter
-from pipeline.errors import ConfigError
-from pipeline.ui import app as ui_app
-from pipeline.ui.pages import _local_path
-from pipeline.ui.security import CSRF_COOKIE, HEADERS, SESSION_COOKIE, Guard, SecurityHeaders
+from pipeline.domain.errors import ConfigError
+from pipeline.ops.console import app as ui_app
+from pipeline.ops.console.pages import _local_path
+from pipeline.ops.console.security import (
+    CSRF_COOKIE,
+    HEADERS,
+    SESSION_COOKIE,
+    Guard,
+    SecurityHeaders,
+)
+from pipeline.runtime.config import Config
+from pipeline.store.console import DeadLetterFilter
 
 TOKEN = "a-console-token-of-some-length"
 HOST = "127.0.0.1:9480"
@@ -190,7 +196,7 @@ def test_ui_settings_keep_the_token_secret() -> None:
 
 
 def test_dead_letter_filters_refuse_bad_input_with_a_clear_message() -> None:
-    from pipeline.ui.pages import BadInput, _choice, _int, _when
+    from pipeline.ops.console.pages import BadInput, _choice, _int, _when
 
     assert _choice("", ("a",), "kind") is None and _choice("a", ("a",), "kind") == "a"
     with pytest.raises(BadInput, match=r"unknown kind '<x>'; choose one of a, b"):
@@ -238,7 +244,7 @@ def _call(
 def test_ids_that_are_not_bigints_get_a_clear_refusal(bad: str) -> None:
     from urllib.parse import quote
 
-    from pipeline.ui.pages import BadInput, _int
+    from pipeline.ops.console.pages import BadInput, _int
 
     # str.isdigit() accepts superscripts and other scripts' digits, which int() then refuses
     # or reads as another number; and Postgres ids are bigints.

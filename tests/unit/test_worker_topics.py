@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import Config
-from pipeline.metrics import Metrics
-from pipeline.replication import Replication
-from pipeline.streams.app import build_app
-from pipeline.streams.replicated import faust_topics, leader_topic_name
+from pipeline.adapters.replication import Replication
+from pipeline.components.worker.app import build_app
+from pipeline.components.worker.replicated import faust_topics, leader_topic_name
+from pipeline.runtime.config import Config
+from pipeline.runtime.metrics import Metrics
 
 
 def _app(tmp_path: Any) -> Any:
@@ -35,7 +35,7 @@ def test_changelog_and_leader_topics_with_their_settings(tmp_path: Any) -> None:
 
 
 def test_status_names_the_same_topics_as_the_worker_creates(tmp_path: Any) -> None:
-    from pipeline.streams.replicated import worker_topic_names
+    from pipeline.components.worker.replicated import worker_topic_names
 
     cfg = Config(topic_prefix="x-", partitions=4, data_dir=str(tmp_path))
     app = build_app(cfg, Metrics(["tier_elevation"]), lambda: None, None, Replication(3, 2))

@@ -1,0 +1,1 @@
+"""Drivers other than Postgres: gRPC provisioner client, Kafka helpers, library compat shims."""

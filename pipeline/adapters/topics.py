@@ -1,0 +1,67 @@
+"""Creating the pipeline's topics with explicit partition counts (auto-create is off)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from pipeline.adapters import replication as rep
+from pipeline.domain.errors import BrokerError, login_hint
+
+
+async def ensure_topics(
+    client_kwargs: dict[str, Any],
+    names: list[str],
+    partitions: int,
+    replication: int = 0,
+    min_insync: int = 0,
+    configs: dict[str, dict[str, str]] | None = None,
+) -> list[rep.TopicReplication]:
+    """Create what is missing, wait until every broker shows it, and describe what exists."""
+    admin = AIOKafkaAdminClient(**client_kwargs)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        # Replication (pipeline/adapters/replication.py): 0 = what the cluster says.
+        want = await rep.resolve(admin, replication, min_insync)
+        if missing:
+            # another component may have created it first
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            n,
+                            partitions,
+                            want.factor,
+                            topic_configs=(configs or {}).get(n, {}) | want.topic_configs(),
+                        )
+                        for n in missing
+                    ]
+                )
+        await rep.wait_visible(admin, names)
+        return await rep.describe(admin, names, want)
+    except KafkaError as exc:
+        raise BrokerError(
+            f"could not ensure topics {names}: {exc}{login_hint(client_kwargs)}"
+        ) from exc
+    finally:
+        await admin.close()
+
+
+async def partitions_for(client_kwargs: dict[str, Any], topic: str) -> list[int]:
+    admin = AIOKafkaAdminClient(**client_kwargs)
+    try:
+        await admin.start()
+        described = await admin.describe_topics([topic])
+    except KafkaError as exc:
+        raise BrokerError(f"could not describe {topic}: {exc}") from exc
+    finally:
+        await admin.close()
+    for t in described:
+        if t["topic"] == topic and not t["error_code"]:
+            return sorted(p["partition"] for p in t["partitions"])
+    raise BrokerError(f"topic {topic} does not exist")

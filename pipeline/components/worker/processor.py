@@ -1,0 +1,136 @@
+"""The processor's core, free of faust: command bytes in, one outcome event out.
+
+The faust agent in ``streams.app`` adds the plumbing (consuming, the de-duplication table,
+producing); everything that decides lives here and in ``decide``/``handlers``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from pipeline.domain import codec
+from pipeline.domain.codec import Undecodable
+from pipeline.domain.decide import RetryPolicy, decide_invalid, decide_unknown_kind
+from pipeline.domain.events import (
+    CallFailed,
+    Command,
+    Decision,
+    OutcomeEvent,
+    iso,
+    outcome_event_id,
+    utcnow,
+)
+from pipeline.domain.handlers import ProvisionerPort
+from pipeline.domain.registry import HandlerRegistry
+from pipeline.runtime import logs
+from pipeline.runtime.metrics import Metrics
+
+_log = logs.get("processor")
+
+
+class CommandProcessor:
+    def __init__(
+        self,
+        *,
+        registry: HandlerRegistry,
+        port: ProvisionerPort,
+        policy: RetryPolicy,
+        metrics: Metrics,
+        topic: str = "propagations",
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._registry = registry
+        self._port = port
+        self._policy = policy
+        self._metrics = metrics
+        self._topic = topic
+        self._clock = clock
+
+    def decode(self, raw: bytes | None) -> Command | Undecodable:
+        return codec.decode_command(raw)
+
+    async def handle(self, cmd: Command) -> OutcomeEvent:
+        """Run one well-formed command through its handler; returns the outcome event."""
+        handler = self._registry.get(cmd.kind)
+        if handler is None:
+            self._metrics.record_unknown_kind(cmd.kind)
+            now = self._clock()
+            decision = decide_unknown_kind(cmd.budget_attempt, cmd.kind, now, self._policy)
+        else:
+            problem = handler.validate(cmd.payload)
+            if problem is None:
+                started = time.perf_counter()
+                try:
+                    reply = await handler.call(self._port, cmd)
+                except Exception as exc:  # an adapter bug must cost a retry, not the worker
+                    reply = CallFailed("INTERNAL", f"{type(exc).__name__}: {exc}"[:500], True)
+                self._metrics.handler_seconds.labels(cmd.kind).observe(
+                    time.perf_counter() - started
+                )
+                now = self._clock()  # after the call: the retry counts from its end
+                decision = handler.decide(cmd, reply, now, self._policy)
+            else:
+                self._metrics.record_invalid("schema_violation", self._topic)
+                now = self._clock()
+                decision = decide_invalid(problem)
+        # one reading of the clock per outcome: occurred_at and next_attempt_at agree
+        return self._emit(_stamp(cmd.to_dict(), decision, now, cmd.event_id))
+
+    def handle_undecodable(self, bad: Undecodable) -> OutcomeEvent | None:
+        """Dead-letter what can be attributed to a propagation; count and skip the rest."""
+        self._metrics.record_invalid(bad.reason, self._topic)
+        if bad.propagation_id is None:
+            logs.event(_log, "invalid_command_skipped", reason=bad.reason, detail=bad.detail)
+            return None
+        fields = dict(bad.fields or {})
+        fields["propagation_id"] = bad.propagation_id
+        decision = decide_invalid(f"{bad.reason}: {bad.detail}")
+        return self._emit(_stamp(fields, decision, self._clock(), None))
+
+    def _emit(self, event: OutcomeEvent) -> OutcomeEvent:
+        self._metrics.record_outcome(event)
+        if event.dead_letter_reason is not None:
+            logs.event(
+                _log,
+                "dead_lettered",
+                propagation_id=event.propagation_id,
+                attempt=event.attempt,
+                reason=event.dead_letter_reason.value,
+                kind=event.kind[:64],
+            )
+        return event
+
+
+def _text(fields: dict[str, Any], name: str) -> str:
+    value = fields.get(name)
+    return value[:256] if isinstance(value, str) else ""
+
+
+def _stamp(
+    fields: dict[str, Any], d: Decision, now: datetime, command_event_id: str | None
+) -> OutcomeEvent:
+    pid = int(fields["propagation_id"])
+    attempt = fields.get("attempt")
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        attempt = 1
+    return OutcomeEvent(
+        event_id=outcome_event_id(pid, attempt),
+        propagation_id=pid,
+        kind=_text(fields, "kind")[:128],
+        attempt=attempt,
+        team_id=_text(fields, "team_id"),
+        resource_type=_text(fields, "resource_type"),
+        resource_id=_text(fields, "resource_id"),
+        timestamp=iso(now),
+        outcome=d.outcome,
+        occurred_at=iso(now),
+        skip_reason=d.skip_reason[:2048] if d.skip_reason else None,
+        skip_reason_bucket=d.skip_reason_bucket,
+        error=d.error[:4096] if d.error else None,
+        next_attempt_at=iso(d.next_attempt_at) if d.next_attempt_at else None,
+        dead_letter_reason=d.dead_letter_reason,
+        command_event_id=command_event_id,
+    )

@@ -1,0 +1,50 @@
+"""A worker told to stop exits in bounded time, and says so when it did not drain.
+
+faust's shutdown waits for every in-flight message (``wait_empty``) and flushes the producer;
+with a broker unreachable both can wait for minutes, and a supervisor that sent SIGTERM is
+left waiting. Nothing is committed past an unfinished command (the AckGuard), so ending the
+process is safe: the exit code tells the supervisor the worker did not drain.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+import faust
+
+from pipeline.runtime import logs
+
+STOP_DEADLINE_S = 25.0  # under the 30 s a supervisor gives before it SIGKILLs
+NOT_DRAINED_EXIT_CODE = 1
+_log = logs.get("worker")
+
+
+def exit_not_drained(reason: str, **fields: Any) -> None:
+    logs.event(_log, "stopped_without_draining", logging.ERROR, reason=reason, **fields)
+    logging.shutdown()
+    os._exit(NOT_DRAINED_EXIT_CODE)
+
+
+def arm_stop_deadline(seconds: float = STOP_DEADLINE_S) -> threading.Timer:
+    """From now on, the process ends within ``seconds`` whatever faust is waiting for."""
+    timer = threading.Timer(seconds, exit_not_drained, args=("stop_deadline",))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+class BoundedStopWorker(faust.Worker):
+    """faust's Worker whose SIGTERM/SIGINT shutdown has a deadline."""
+
+    stop_deadline_s = STOP_DEADLINE_S
+    _deadline: threading.Timer | None = None
+
+    def _schedule_shutdown(self, signal: signal.Signals) -> None:
+        # mode.Worker's hook for both signals (tests/unit/test_shutdown.py pins it).
+        if self._deadline is None:
+            self._deadline = arm_stop_deadline(self.stop_deadline_s)
+        super()._schedule_shutdown(signal)

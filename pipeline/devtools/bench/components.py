@@ -1,0 +1,95 @@
+"""The bench's pipeline and fake provisioner, each a child process with its own log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from pipeline.devtools.stack import procs
+from pipeline.domain.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.devtools.bench.run import Stack
+
+COMPONENTS = {"relay": "relay", "worker": "worker", "projector": "project"}
+
+
+class Components:
+    """The fake provisioner, relay, worker and projector as child processes."""
+
+    def __init__(self, stack: Stack, partitions: int, workers: int = 1) -> None:
+        self.stack = stack
+        self.partitions = partitions
+        # worker, worker2, ...: processes of one consumer group
+        self.workers = ["worker"] + [f"worker{i}" for i in range(2, workers + 1)]
+        self.names = ["relay", *self.workers, "projector"]
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.provisioner_addr = ""
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        log = (self.stack.workdir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.ops.cli", *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.stack.workdir,
+        )
+        log.close()
+
+    def start_provisioner(self) -> None:
+        port = procs.free_port()
+        self._spawn("provisioner", ["fake-provisioner", "--port", str(port)], dict(os.environ))
+        deadline = time.monotonic() + 30
+        while not procs.port_accepts(port):
+            self.check()
+            if time.monotonic() > deadline:
+                raise PipelineError("the fake provisioner did not start\n" + self.logs())
+            time.sleep(0.1)
+        self.provisioner_addr = f"{procs.LOCALHOST}:{port}"
+
+    def start_pipeline(self) -> None:
+        for name in self.names:
+            self.start_component(name)
+
+    def start_component(self, name: str, **extra_env: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+        env.update(
+            PIPELINE_DATABASE_URL=self.stack.database_url,
+            PIPELINE_KAFKA_BOOTSTRAP=self.stack.bootstrap,
+            PIPELINE_PROVISIONER_ADDR=self.provisioner_addr,
+            PIPELINE_TOPIC_PREFIX=self.stack.prefix,
+            PIPELINE_PARTITIONS=str(self.partitions),
+            PIPELINE_DATA_DIR=str(self.stack.workdir / "data"),
+            PIPELINE_LOG_LEVEL="WARNING",
+            PIPELINE_METRICS_PORT=str(procs.free_port()),
+        )
+        env.update(extra_env)
+        self._spawn(name, [COMPONENTS[name.rstrip("0123456789")]], env)
+
+    def check(self) -> None:
+        dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+        if dead:
+            raise PipelineError(f"bench components exited: {dead}\n{self.logs()}")
+
+    def logs(self, tail: int = 30) -> str:
+        return "\n".join(
+            f"--- {n}.log\n{procs.tail(self.stack.workdir / f'{n}.log', tail)}" for n in self.procs
+        )
+
+    def stop(self, *names: str) -> None:
+        chosen = [n for n in (names or tuple(self.procs)) if n in self.procs]
+        for n in chosen:
+            if self.procs[n].poll() is None:
+                self.procs[n].send_signal(signal.SIGTERM)
+        for n in chosen:
+            p = self.procs.pop(n)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

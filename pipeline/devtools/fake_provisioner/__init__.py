@@ -1,0 +1,34 @@
+"""A real gRPC provisioner with scripted failures, for tests, the demo and the benchmark.
+
+It speaks ``schemas/provisioner.proto`` over grpc.aio like any other implementation, keeps the
+idempotency contract (a key is applied at most once), and records every call and effect so a
+test can prove that no regrade was lost or applied twice. Failures are injected by
+:class:`Rule` values; an HTTP admin endpoint lets a test drive one running in another process.
+
+Modules: ``rules`` (Rule and the pure ``choose_rule``), ``server`` (FakeProvisioner),
+``admin`` (the HTTP endpoint), ``cli`` (``pipeline fake-provisioner``).
+"""
+
+from pipeline.devtools.fake_provisioner.cli import add_parser
+from pipeline.devtools.fake_provisioner.rules import (
+    ACTIONS,
+    METHODS,
+    Rule,
+    choose_rule,
+    load_rules,
+    rules_from_json,
+)
+from pipeline.devtools.fake_provisioner.server import Call, Effect, FakeProvisioner
+
+__all__ = [
+    "ACTIONS",
+    "METHODS",
+    "Call",
+    "Effect",
+    "FakeProvisioner",
+    "Rule",
+    "add_parser",
+    "choose_rule",
+    "load_rules",
+    "rules_from_json",
+]

@@ -1,0 +1,1 @@
+"""Pure values and decisions. Imports no driver (no psycopg, aiokafka, faust, grpc)."""

@@ -1,0 +1,129 @@
+"""Encoding and decoding of events: orjson on the wire, JSON Schema at the edges.
+
+Decoding returns values, not exceptions: a message that is not a valid command becomes an
+``Undecodable`` that still carries the propagation id when one can be read, so the
+processor can dead-letter it instead of crashing or stalling the partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import fastjsonschema
+import orjson
+
+from pipeline.domain.events import COMMAND_SCHEMA, OUTCOME_SCHEMA, Command, OutcomeEvent
+
+# Package data: the published contract in the repository's schemas/ is copied here
+# (tests/unit/test_packaged_schemas.py keeps the two identical).
+SCHEMA_DIR = resources.files("pipeline") / "schemas"
+MAX_EVENT_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    reason: str  # bounded: bad_json | schema_violation | oversized | empty
+    detail: str
+    propagation_id: int | None = None
+    fields: dict[str, Any] | None = None
+
+
+@cache
+def schema_document(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = orjson.loads((SCHEMA_DIR / f"{name}.json").read_bytes())
+    return doc
+
+
+@cache
+def validator(name: str) -> Callable[[Any], Any]:
+    # format checks are left to the producer side; fastjsonschema's date-time regex is strict
+    # about the 'Z' suffix we emit and it costs time on the hot path.
+    return fastjsonschema.compile(schema_document(name), formats={"date-time": r".+"})
+
+
+def encode(event: Command | OutcomeEvent) -> bytes:
+    return orjson.dumps(event.to_dict())
+
+
+def encode_validated(event: Command | OutcomeEvent) -> bytes:
+    doc = event.to_dict()
+    validator(event.schema)(doc)
+    return orjson.dumps(doc)
+
+
+def decode_command(raw: bytes | None) -> Command | Undecodable:
+    if not raw:
+        return Undecodable("empty", "empty message")
+    if len(raw) > MAX_EVENT_BYTES:
+        return Undecodable(
+            "oversized", f"{len(raw)} bytes > {MAX_EVENT_BYTES}", _sniff_id_prefix(raw)
+        )
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Undecodable("bad_json", str(exc)[:200])
+    if not isinstance(doc, dict):
+        return Undecodable("schema_violation", "not a JSON object")
+    try:
+        validator(COMMAND_SCHEMA)(doc)
+    except fastjsonschema.JsonSchemaException as exc:
+        return Undecodable("schema_violation", str(exc)[:300], _readable_id(doc), doc)
+    return Command(
+        event_id=doc["event_id"],
+        propagation_id=doc["propagation_id"],
+        kind=doc["kind"],
+        attempt=doc["attempt"],
+        team_id=doc["team_id"],
+        resource_type=doc["resource_type"],
+        resource_id=doc["resource_id"],
+        payload=doc["payload"],
+        timestamp=doc["timestamp"],
+        attempt_budget_base=doc.get("attempt_budget_base", 0),
+    )
+
+
+def decode_outcome(raw: bytes | None) -> OutcomeEvent | Undecodable:
+    if not raw:
+        return Undecodable("empty", "empty message")
+    if len(raw) > MAX_EVENT_BYTES:
+        return Undecodable("oversized", f"{len(raw)} bytes > {MAX_EVENT_BYTES}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Undecodable("bad_json", str(exc)[:200])
+    if not isinstance(doc, dict):
+        return Undecodable("schema_violation", "not a JSON object")
+    try:
+        validator(OUTCOME_SCHEMA)(doc)
+    except fastjsonschema.JsonSchemaException as exc:
+        return Undecodable("schema_violation", str(exc)[:300], _readable_id(doc), doc)
+    return OutcomeEvent.from_dict(doc)
+
+
+def _readable_id(doc: dict[str, Any]) -> int | None:
+    pid = doc.get("propagation_id")
+    if isinstance(pid, int) and not isinstance(pid, bool) and pid >= 1:
+        return pid
+    return None
+
+
+def _sniff_id_prefix(raw: bytes) -> int | None:
+    # An oversized message is never parsed whole; the relay writes propagation_id early,
+    # so look for it in the first kilobyte only.
+    head = raw[:1024]
+    marker = b'"propagation_id":'
+    at = head.find(marker)
+    if at < 0:
+        return None
+    digits = head[at + len(marker) :].lstrip()[:20]
+    num = b""
+    for ch in digits:
+        if 48 <= ch <= 57:
+            num += bytes([ch])
+        else:
+            break
+    return int(num) if num else None

@@ -1,0 +1,240 @@
+"""The ``pipeline`` console script: one subcommand per job, each documented in its help."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from typing import Any
+
+from pipeline.domain.errors import PipelineError
+from pipeline.runtime.config import REQUIRED_FOR_ALL, Config
+
+_SETTING_HELP = {
+    "database_url": "Postgres URL of the outbox database",
+    "kafka_bootstrap": "Kafka bootstrap servers, host:port[,host:port]",
+    "provisioner_addr": "provisioner gRPC address, host:port",
+    "topic_prefix": "prefix of topics, consumer groups and internal topics",
+    "backoff_scale": "multiplies the retry schedule (1.0 production; 0.001 makes 1m 60ms)",
+    "max_attempts": "attempts before a propagation is dead-lettered (default 10)",
+    "metrics_port": "port of /metrics (run uses it and the next two; 0 = any free port)",
+    "metrics_host": "address /metrics binds to (0.0.0.0 in containers)",
+    "partitions": "partitions of the pipeline's topics when they are created",
+    "relay_batch_size": "rows the relay claims per transaction",
+    "relay_poll_interval": "seconds between relay polls when no NOTIFY arrives",
+    "worker_concurrency": "commands a worker keeps in flight (one at a time per resource)",
+    "outcome_retention": "retention of the outcome log when created: forever (default) or 90d",
+    "command_retention": "retention of the command topic when created (default 7d)",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "ui_host": "address `pipeline ui` binds to (default 127.0.0.1)",
+    "ui_port": "port of `pipeline ui` (default 9480)",
+    "ui_token": "token that unlocks console actions (prefer PIPELINE_UI_TOKEN: flags show in ps)",
+}
+
+
+def _config_options() -> argparse.ArgumentParser:
+    """Flags matching every PIPELINE_* setting; a flag wins over the variable."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("settings (each also read from PIPELINE_<NAME>)")
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = _SETTING_HELP.get(f.name, "see README, configuration table")
+        group.add_argument(flag, dest=f"cfg_{f.name}", default=None, metavar="V", help=help_text)
+    return parent
+
+
+def load_config(args: argparse.Namespace, required: tuple[str, ...] = REQUIRED_FOR_ALL) -> Config:
+    overrides = {
+        k.removeprefix("cfg_"): v
+        for k, v in vars(args).items()
+        if k.startswith("cfg_") and v is not None
+    }
+    cfg = Config.from_env(os.environ, required, **overrides)
+    from pipeline.runtime import logs
+
+    logs.configure(cfg.log_level)
+    return cfg
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from pipeline.store.migrate import migrate
+
+    cfg = load_config(args, ("database_url",))
+    applied = migrate(cfg.database_url)
+    print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+    if args.create_roles:
+        from pipeline.store import roles
+
+        # Passwords come only from the environment: a flag would show in `ps` and history.
+        passwords = {
+            spec.name: os.environ[roles.password_variable(spec)]
+            for spec in roles.ROLES
+            if os.environ.get(roles.password_variable(spec))
+        }
+        print("roles: " + ", ".join(roles.create_roles(cfg.database_url, passwords)))
+    return 0
+
+
+def _cmd_component(args: argparse.Namespace) -> int:
+    from pipeline.runtime import supervisor as services
+
+    cfg = load_config(args)
+    runner = {
+        "relay": services.run_relay,
+        "worker": services.run_worker,
+        "project": services.run_projector,
+    }[args.command]
+    return runner(cfg)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.runtime import supervisor as services
+
+    cfg = load_config(args)
+    env = dict(os.environ)
+    for f in dataclasses.fields(Config):
+        value = getattr(args, f"cfg_{f.name}", None)
+        if value is not None:
+            env[f"PIPELINE_{f.name.upper()}"] = str(value)
+    return services.run_all(cfg, env)
+
+
+def _cmd_enqueue(args: argparse.Namespace) -> int:
+    import orjson
+    import psycopg
+
+    from pipeline.store.outbox import enqueue
+
+    cfg = load_config(args, ("database_url",))
+    try:
+        payload: Any = orjson.loads(args.payload) if args.payload else {}
+    except orjson.JSONDecodeError as exc:
+        raise PipelineError(f"--payload is not valid JSON: {exc}") from exc
+    if args.target_tier:
+        payload = {**payload, "target_tier": args.target_tier}
+    try:
+        with psycopg.connect(cfg.database_url) as conn:
+            ids = [
+                enqueue(
+                    conn,
+                    args.kind,
+                    args.team,
+                    args.resource_type,
+                    f"{args.resource_id}{'' if args.count == 1 else f'-{i}'}",
+                    payload,
+                )
+                for i in range(args.count)
+            ]
+    except psycopg.Error as exc:
+        raise PipelineError(f"cannot enqueue: {exc}") from exc
+    for i in ids:
+        print(i)
+    return 0
+
+
+def version() -> str:
+    return metadata.version("pipeline")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Component imports stay inside the command functions so `pipeline --help` stays fast.
+    from pipeline.devtools import demo, fake_provisioner
+    from pipeline.devtools.bench import cli as bench
+    from pipeline.devtools.stack import dev
+    from pipeline.ops import history, replay, tail
+    from pipeline.ops import status as operator_status
+    from pipeline.ops.console import cli as ui
+
+    settings = _config_options()
+    parser = argparse.ArgumentParser(
+        prog="pipeline",
+        description=(
+            "Event-sourced propagation pipeline: outbox rows are relayed to Kafka, processed "
+            "by the faust worker against the provisioner, and outcomes projected back into "
+            "Postgres. Settings come from PIPELINE_* variables or the matching flags. "
+            "Start with `pipeline dev up`, then `pipeline migrate` and `pipeline run`."
+        ),
+    )
+    # Defined once, in pyproject.toml; read from the installed distribution's metadata.
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "migrate",
+        parents=[settings],
+        help="create or upgrade the schema (idempotent, safe while running)",
+    )
+    p.add_argument(
+        "--create-roles",
+        action="store_true",
+        help=(
+            "also create the least-privilege roles pipeline_relay, pipeline_projector, "
+            "pipeline_enqueuer and pipeline_operator (NOLOGIN groups) and grant them; "
+            "PIPELINE_RELAY_DB_PASSWORD (and _PROJECTOR_, _ENQUEUER_, _OPERATOR_) "
+            "create a LOGIN user <role>_user in that group with that password"
+        ),
+    )
+    p.set_defaults(func=_cmd_migrate)
+    for name, text in (
+        ("relay", "publish due outbox rows to the propagations topic"),
+        ("worker", "the faust processor: run handlers, emit outcome events"),
+        ("project", "fold outcome events into Postgres"),
+    ):
+        p = sub.add_parser(name, parents=[settings], help=text, description=text)
+        p.set_defaults(func=_cmd_component)
+    p = sub.add_parser(
+        "run",
+        parents=[settings],
+        help="relay, worker and projector together (three supervised processes)",
+    )
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "enqueue",
+        parents=[settings],
+        help="enqueue propagations by hand (operators; applications call pipeline.store.outbox)",
+        description=(
+            "Insert propagation rows and print their ids. Example: pipeline enqueue "
+            "tier_elevation --team acme --resource-type postgres --resource-id db-1 "
+            "--target-tier pro"
+        ),
+    )
+    p.add_argument("kind", help="a propagation_kind value, e.g. tier_elevation")
+    p.add_argument("--team", required=True, help="team id")
+    p.add_argument("--resource-type", required=True, help="e.g. postgres, redis")
+    p.add_argument("--resource-id", required=True, help="resource id (suffixed -N with --count)")
+    p.add_argument("--target-tier", help="target tier (regrades)")
+    p.add_argument("--payload", help="payload as a JSON object")
+    p.add_argument("--count", type=int, default=1, help="enqueue this many (default 1)")
+    p.set_defaults(func=_cmd_enqueue)
+
+    dev.add_parser(sub)
+    bench.add_parser(sub)
+    demo.add_parser(sub)
+    replay.add_parser(sub)
+    history.add_parser(sub)
+    tail.add_parser(sub)
+    operator_status.add_parser(sub)
+    fake_provisioner.add_parser(sub)
+    ui.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc: int = args.func(args)
+    except PipelineError as exc:
+        print(f"pipeline {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,0 @@
-"""Generated gRPC code for ``schemas/provisioner.proto``.
-
-Regenerate with ``python -m pipeline.proto.generate``; ``--check`` (and a unit test) fail when
-the committed files are stale.
-"""

@@ -1,0 +1,1 @@
+"""Postgres: every SQL statement and psycopg call, with driver errors translated here."""
