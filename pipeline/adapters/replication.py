@@ -129,7 +129,8 @@ async def wait_visible(
     it; faust reading 0 partitions there raises PartitionsMismatch at start-up.
     """
     deadline = time.monotonic() + within_s
-    # aiokafka offers no per-broker metadata call; tests/unit/test_replication.py pins this.
+    # aiokafka offers no per-broker metadata call; tests/unit/adapters/test_replication.py pins
+    # this.
     client: Any = admin._client
     while True:
         missing = await _not_visible(admin, client, topics)

@@ -19,7 +19,7 @@ import orjson
 from pipeline.domain.events import COMMAND_SCHEMA, OUTCOME_SCHEMA, Command, OutcomeEvent
 
 # Package data: the published contract in the repository's schemas/ is copied here
-# (tests/unit/test_packaged_schemas.py keeps the two identical).
+# (tests/unit/project/test_distribution.py keeps the two identical).
 SCHEMA_DIR = resources.files("pipeline") / "schemas"
 MAX_EVENT_BYTES = 256 * 1024
 

@@ -47,7 +47,7 @@ class OutcomeSender:
 
     def _current(self) -> AIOKafkaProducer | None:
         # faust's Producer keeps its aiokafka producer here (pinned by
-        # tests/unit/test_outcome_sender.py).
+        # tests/unit/adapters/test_producer_heal.py).
         producer: AIOKafkaProducer | None = getattr(self._app.producer, "_producer", None)
         return producer
 

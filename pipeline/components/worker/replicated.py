@@ -23,7 +23,8 @@ _log = logs.get("worker")
 
 def leader_topic_name(app: faust.App) -> str:
     # faust's LeaderAssignor names it so (a private attribute; building that service here
-    # would bind it to the wrong event loop). tests/unit/test_worker_topics.py pins the name.
+    # would bind it to the wrong event loop). tests/unit/components/worker/test_worker_topics.py
+    # pins the name.
     return f"{app.conf.id}-__assignor-__leader"
 
 
@@ -70,7 +71,8 @@ async def ensure_worker_topics(
 
 def worker_topic_names(cfg: Config) -> list[str]:
     """Every topic the pipeline creates, by name, without building the faust app (for
-    ``pipeline status``); tests/unit/test_worker_topics.py checks it against faust_topics."""
+    ``pipeline status``); tests/unit/components/worker/test_worker_topics.py checks it against
+    faust_topics."""
     group = cfg.processor_group
     return [
         cfg.commands_topic,

@@ -44,7 +44,8 @@ class BoundedStopWorker(faust.Worker):
     _deadline: threading.Timer | None = None
 
     def _schedule_shutdown(self, signal: signal.Signals) -> None:
-        # mode.Worker's hook for both signals (tests/unit/test_shutdown.py pins it).
+        # mode.Worker's hook for both signals (tests/unit/components/worker/test_shutdown.py
+        # pins it).
         if self._deadline is None:
             self._deadline = arm_stop_deadline(self.stop_deadline_s)
         super()._schedule_shutdown(signal)

@@ -17,7 +17,7 @@ from prometheus_client.metrics_core import Metric
 from pipeline.domain.registry import build_registry
 from pipeline.runtime.metrics import Metrics
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 COMPOSE = ROOT / "compose"
 DASHBOARD = COMPOSE / "grafana" / "dashboards" / "pipeline.json"
 ALERTS = COMPOSE / "prometheus" / "alerts.yml"
@@ -201,8 +201,8 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_compose_serves_metrics_to_prometheus_and_mounts_the_assets() -> None:
-    # Which PIPELINE_* names compose may use is tests/unit/test_compose.py's job; this checks
-    # what the monitoring services need from the rest of the file.
+    # Which PIPELINE_* names compose may use is tests/unit/project/test_compose.py's job; this
+    # checks what the monitoring services need from the rest of the file.
     services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
     for component in ("relay", "worker", "projector"):
         env = _environment(services[component])

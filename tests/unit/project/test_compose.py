@@ -15,7 +15,7 @@ import yaml
 
 from pipeline.runtime.config import Config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "compose" / "docker-compose.yml"
 COMPONENTS = ("relay", "worker", "projector")
 REQUIRED = (

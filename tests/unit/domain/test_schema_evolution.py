@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[3] / "schemas"
 HISTORY = SCHEMAS / "history"
 _VERSIONED = re.compile(r"^(?P<name>.+)\.v(?P<version>\d+)\.json$")
 # Words about a field, not the field: changing them breaks no consumer.
