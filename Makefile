@@ -22,6 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy pipeline
+	$(BIN)/lint-imports --no-cache
 
 proto: $(STAMP)  ## regenerate pipeline/adapters/proto from pipeline/schemas/provisioner.proto (a copy of schemas/)
 	$(BIN)/python -m pipeline.adapters.proto.generate

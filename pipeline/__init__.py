@@ -10,20 +10,19 @@ layer           holds
                 and ``lag``, ``history`` (``show``), ``tail``, ``replay``, the web ``console``
 ``devtools``    what a developer runs: the local ``stack`` (Kafka, Postgres), the
                 ``fake_provisioner``, ``bench``, ``demo`` and the ``workload`` chaos shares
-``runtime``     the ``supervisor`` (composition root, the one ``COMPONENTS`` table)
 ``components``  the long-running roles: ``relay``, ``worker`` (faust app), ``projector``,
-                ``lag`` monitor
+                the ``lag`` monitor, and the ``supervisor`` that wires config into them and
+                runs them (the composition root, with the one ``COMPONENTS`` table)
 ``adapters``    drivers other than Postgres: the gRPC ``provisioner`` client and ``proto``,
                 Kafka producer, topics, replication, ``faust_compat``
 ``store``       every SQL statement and every psycopg call, one module per table family,
                 ``migrations`` and ``migrate``, least-privilege ``roles``
-``runtime``     (base) ``config`` (the one frozen object), ``logs``, ``metrics``, ``httpd``,
-                ``exit_codes``
+``runtime``     what every process stands on: ``config`` (the one frozen object), ``logs``,
+                ``metrics``, ``httpd``, ``exit_codes``
 ``domain``      pure values and decisions: ``events``, ``codec``, ``decide``, ``backoff``,
                 ``classify``, ``payloads``, ``handlers``, ``registry``, ``rowstate``,
                 ``errors``; imports no driver
 ==============  ===========================================================================
 
-``runtime`` appears twice on purpose: its base modules are what every component stands on, and
-its supervisor is what starts the components. The contracts name each module's place.
+``adapters`` and ``store`` are independent of each other: a component joins them.
 """

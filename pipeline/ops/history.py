@@ -260,7 +260,7 @@ async def load_story(
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from pipeline.ops.cli import load_config
+    from pipeline.ops.options import load_config
 
     required = ("database_url",) if args.no_log else ("database_url", "kafka_bootstrap")
     cfg = load_config(args, required)
@@ -277,11 +277,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from pipeline.ops.cli import _config_options
+    from pipeline.ops.options import config_options
 
     p = sub.add_parser(
         "show",
-        parents=[_config_options()],
+        parents=[config_options()],
         help="one propagation's whole history: commands and outcomes with their offsets",
         description=(
             "Show a propagation's row and every command and outcome event of it, with "

@@ -297,7 +297,7 @@ def _ranges(read: dict[int, tuple[int, int]]) -> str:
 def _cmd_replay(args: argparse.Namespace) -> int:
     import orjson
 
-    from pipeline.ops.cli import load_config
+    from pipeline.ops.options import load_config
 
     cfg = load_config(args, ("database_url", "kafka_bootstrap"))
     start = start_from_args(args)
@@ -346,11 +346,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from pipeline.ops.cli import _config_options
+    from pipeline.ops.options import config_options
 
     p = sub.add_parser(
         "replay",
-        parents=[_config_options()],
+        parents=[config_options()],
         help="re-fold the outcome log into Postgres (backfill, rebuild), with progress",
         description=(
             "Fold outcome events from the log into pending_propagations and "

@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from pipeline.ops.cli import _config_options
+    from pipeline.ops.options import config_options
 
-    settings = _config_options()
+    settings = config_options()
     p = sub.add_parser(
         "status",
         parents=[settings],
@@ -126,7 +126,7 @@ def _plain(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     import psycopg
 
-    from pipeline.ops.cli import load_config
+    from pipeline.ops.options import load_config
     from pipeline.store import status as status_store
 
     cfg = load_config(args, ("database_url",))
@@ -294,7 +294,7 @@ def _outcome_log_start(cfg: Config) -> dict[str, Any]:
 def cmd_retry(args: argparse.Namespace) -> int:
     import psycopg
 
-    from pipeline.ops.cli import load_config
+    from pipeline.ops.options import load_config
     from pipeline.store import status as status_store
 
     cfg = load_config(args, ("database_url",))
@@ -327,7 +327,7 @@ def _current_user() -> str:
 
 def cmd_lag(args: argparse.Namespace) -> int:
     from pipeline.components import lag
-    from pipeline.ops.cli import load_config
+    from pipeline.ops.options import load_config
 
     cfg = load_config(args, ("database_url", "kafka_bootstrap"))
     sources = lag.pipeline_sources(

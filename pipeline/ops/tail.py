@@ -306,7 +306,7 @@ async def tail(
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    from pipeline.ops.cli import load_config
+    from pipeline.ops.options import load_config
 
     cfg = load_config(args, ("kafka_bootstrap",))
     try:
@@ -333,11 +333,11 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from pipeline.domain.events import Outcome
-    from pipeline.ops.cli import _config_options
+    from pipeline.ops.options import config_options
 
     p = sub.add_parser(
         "tail",
-        parents=[_config_options()],
+        parents=[config_options()],
         help="follow the outcome topic as JSON lines (the reference downstream consumer)",
         description=(
             "Print outcome events as JSON lines, as a downstream service sees them, with "

@@ -13,7 +13,8 @@ import pytest
 from rich.console import Console
 
 from pipeline.devtools.bench import report as report_mod
-from pipeline.devtools.bench.run import Settings, Stack, run_bench
+from pipeline.devtools.bench.components import Stack
+from pipeline.devtools.bench.run import Settings, run_bench
 from pipeline.devtools.stack.kafka import KafkaBroker
 
 pytestmark = pytest.mark.integration

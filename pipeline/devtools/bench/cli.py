@@ -126,7 +126,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _with_stack(use_env: bool, workdir: Path, settings: Any, brokers: int = 1) -> dict[str, Any]:
-    from pipeline.devtools.bench.run import Stack, run_bench
+    from pipeline.devtools.bench.components import Stack
+    from pipeline.devtools.bench.run import run_bench
     from pipeline.devtools.stack import procs
     from pipeline.devtools.stack.kafka_cluster import KafkaCluster
     from pipeline.devtools.stack.postgres import ExternalPostgres, PostgresCluster

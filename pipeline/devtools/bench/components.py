@@ -7,13 +7,23 @@ import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from pipeline.devtools.stack import procs
 from pipeline.domain.errors import PipelineError
 
-if TYPE_CHECKING:
-    from pipeline.devtools.bench.run import Stack
+
+@dataclass
+class Stack:
+    """Where the bench's services are: the database, the broker, the topic prefix, the logs."""
+
+    database_url: str
+    bootstrap: str
+    prefix: str
+    workdir: Path
+    extra_pids: dict[str, int] = field(default_factory=dict)  # e.g. the broker, if ours
+
 
 COMPONENTS = {"relay": "relay", "worker": "worker", "projector": "project"}
 

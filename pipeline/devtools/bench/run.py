@@ -11,7 +11,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,22 +20,13 @@ import psycopg
 
 from pipeline.devtools.bench import peers as peers_mod
 from pipeline.devtools.bench import plain, profile, raw, steady
-from pipeline.devtools.bench.components import Components
+from pipeline.devtools.bench.components import Components, Stack
 from pipeline.devtools.bench.procstats import ProcSampler
 from pipeline.domain.errors import PipelineError
 from pipeline.store import bench as store
 from pipeline.store.migrate import migrate
 
 POLL = 0.05
-
-
-@dataclass
-class Stack:
-    database_url: str
-    bootstrap: str
-    prefix: str
-    workdir: Path
-    extra_pids: dict[str, int] = field(default_factory=dict)  # e.g. the broker, if ours
 
 
 @dataclass

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from pipeline.devtools.fake_provisioner.rules import rules_from_json
+from pipeline.devtools.fake_provisioner.rules import Rule, rules_from_json
 
-if TYPE_CHECKING:
-    from pipeline.devtools.fake_provisioner.server import FakeProvisioner
+
+class Inspectable(Protocol):
+    """What the admin endpoint reads and drives (the FakeProvisioner; a protocol, so the
+    server can own its admin endpoint without an import cycle)."""
+
+    def set_rules(self, rules: Iterable[Rule]) -> None: ...
+    def rules(self) -> list[Rule]: ...
+    def effects(self) -> Mapping[str, Sequence[Any]]: ...
+    def calls(self) -> Sequence[Any]: ...
+    def reset(self) -> None: ...
 
 
 class AdminServer(ThreadingHTTPServer):
@@ -18,7 +27,7 @@ class AdminServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, addr: tuple[str, int], owner: FakeProvisioner) -> None:
+    def __init__(self, addr: tuple[str, int], owner: Inspectable) -> None:
         self.owner = owner
         super().__init__(addr, AdminHandler)
 

@@ -8,11 +8,11 @@ from pipeline.domain.errors import PipelineError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from pipeline.ops.cli import _config_options
+    from pipeline.ops.options import config_options
 
     p = sub.add_parser(
         "ui",
-        parents=[_config_options()],
+        parents=[config_options()],
         help="the operator console in the browser: overview, dead letters, retry, replays",
         description=(
             "Serve the operator console on PIPELINE_UI_HOST:PIPELINE_UI_PORT "
@@ -41,7 +41,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise PipelineError(
             f"the console needs the ui extra ({exc.name} is missing): pip install 'pipeline[ui]'"
         ) from exc
-    from pipeline.ops.cli import load_config
+    from pipeline.ops.options import load_config
 
     cfg = load_config(args, ("database_url", "kafka_bootstrap"))
     if args.lag_interval <= 0:

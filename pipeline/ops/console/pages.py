@@ -21,9 +21,9 @@ from starlette.routing import Route
 from pipeline.domain.classify import BUCKETS
 from pipeline.domain.errors import PipelineError, StoreError
 from pipeline.domain.events import DeadLetterReason
-from pipeline.ops.console.app import ConsoleState, problem, render, state
 from pipeline.ops.console.security import SESSION_COOKIE, Guard
 from pipeline.ops.console.snapshots import DB_WAIT_SECONDS
+from pipeline.ops.console.views import ConsoleState, problem, render, state
 from pipeline.ops.replay import CURSOR_SUFFIX as REPLAY_CURSOR_SUFFIX
 from pipeline.runtime import logs
 from pipeline.store import console as console_store

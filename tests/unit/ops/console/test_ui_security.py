@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from pipeline.domain.errors import ConfigError
 from pipeline.ops.console import app as ui_app
+from pipeline.ops.console import views
 from pipeline.ops.console.pages import _local_path
 from pipeline.ops.console.security import (
     CSRF_COOKIE,
@@ -151,12 +152,12 @@ def _render_dead_letters(env: jinja2.Environment) -> str:
 
 
 def test_hostile_strings_are_escaped_and_the_check_catches_a_template_that_does_not() -> None:
-    html = _render_dead_letters(ui_app._env)
+    html = _render_dead_letters(views._env)
     assert HOSTILE not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     # The planted defect: the same templates without autoescape let the script through.
-    unsafe = jinja2.Environment(loader=ui_app._env.loader, autoescape=False)
-    unsafe.filters.update(ui_app._env.filters)
+    unsafe = jinja2.Environment(loader=views._env.loader, autoescape=False)
+    unsafe.filters.update(views._env.filters)
     assert HOSTILE in _render_dead_letters(unsafe)
 
 
