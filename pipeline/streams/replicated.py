@@ -14,17 +14,12 @@ import faust
 
 from pipeline import logs
 from pipeline.config import Config
+from pipeline.faust_compat import leader_topic_name
 from pipeline.metrics import Metrics
 from pipeline.replication import Replication, TopicReplication, report
 from pipeline.topics import ensure_topics
 
 _log = logs.get("worker")
-
-
-def leader_topic_name(app: faust.App) -> str:
-    # faust's LeaderAssignor names it so (a private attribute; building that service here
-    # would bind it to the wrong event loop). tests/unit/test_worker_topics.py pins the name.
-    return f"{app.conf.id}-__assignor-__leader"
 
 
 SEEN_TABLE = "processed-attempts"
@@ -36,7 +31,7 @@ def faust_topics(app: faust.App, default_partitions: int) -> list[tuple[str, int
         (t.changelog_topic.get_topic_name(), int(t.partitions or default_partitions), _configs(t))
         for t in app.tables.values()
     ]
-    out.append((leader_topic_name(app), 1, {}))
+    out.append((leader_topic_name(app.conf.id), 1, {}))
     return out
 
 
@@ -76,5 +71,5 @@ def worker_topic_names(cfg: Config) -> list[str]:
         cfg.commands_topic,
         cfg.outcomes_topic,
         f"{group}-{SEEN_TABLE}-changelog",
-        f"{group}-__assignor-__leader",
+        leader_topic_name(group),
     ]

@@ -8,17 +8,12 @@ from pipeline.config import Config
 from pipeline.metrics import Metrics
 from pipeline.replication import Replication
 from pipeline.streams.app import build_app
-from pipeline.streams.replicated import faust_topics, leader_topic_name
+from pipeline.streams.replicated import faust_topics
 
 
 def _app(tmp_path: Any) -> Any:
     cfg = Config(topic_prefix="x-", partitions=4, data_dir=str(tmp_path))
     return build_app(cfg, Metrics(["tier_elevation"]), lambda: None, None, Replication(3, 2))
-
-
-def test_leader_topic_name_is_fausts(tmp_path: Any) -> None:
-    app = _app(tmp_path)
-    assert leader_topic_name(app) == app._leader_assignor._leader_topic_name
 
 
 def test_changelog_and_leader_topics_with_their_settings(tmp_path: Any) -> None:
