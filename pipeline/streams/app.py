@@ -20,7 +20,6 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
 import faust
@@ -36,6 +35,7 @@ from pipeline.metrics import Metrics
 from pipeline.registry import build_registry
 from pipeline.replication import Replication
 from pipeline.streams.ack_guard import AckGuard
+from pipeline.streams.faust_app import new_faust_app
 from pipeline.streams.lanes import OrderedLanes
 from pipeline.streams.outcome_sender import OutcomeSender
 from pipeline.streams.processor import CommandProcessor
@@ -62,49 +62,7 @@ DRAIN_TIMEOUT_S = 15.0  # in-flight commands at stop; the stop deadline (25 s) b
 FETCH_MAX_WAIT_MS = 50
 
 
-def _faust_broker(bootstrap: str) -> str:
-    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(","))
-
-
-def _credentials(cfg: Config) -> Any:
-    if cfg.kafka_security_protocol == "PLAINTEXT":
-        return None
-    import ssl
-
-    ssl_ctx = None
-    if cfg.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        ssl_ctx = ssl.create_default_context(cafile=cfg.kafka_ssl_cafile)
-        if cfg.kafka_ssl_certfile:
-            ssl_ctx.load_cert_chain(cfg.kafka_ssl_certfile, cfg.kafka_ssl_keyfile)
-    if cfg.kafka_security_protocol.startswith("SASL"):
-        password = cfg.kafka_sasl_password.reveal() if cfg.kafka_sasl_password else ""
-        return faust.SASLCredentials(
-            username=cfg.kafka_sasl_username,
-            password=password,
-            ssl_context=ssl_ctx,
-            mechanism=cfg.kafka_sasl_mechanism,
-        )
-    return faust.SSLCredentials(ssl_ctx)
-
-
-def _datadir(cfg: Config) -> str:
-    path = Path(cfg.data_dir).resolve() / f"faust-{cfg.processor_group}"
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)
-
-
-def build_app(
-    cfg: Config,
-    metrics: Metrics,
-    port_factory: Any,
-    health: Health | None = None,
-    replication: Replication | None = None,
-) -> faust.App:
-    """The worker's faust app. ``port_factory()`` builds the provisioner port in the loop."""
-    return Worker(cfg, metrics, port_factory, health, replication).app
-
-
-class Worker:
+class WorkerApp:
     """The worker's faust app and the state its agent, timers and signal handlers share."""
 
     def __init__(
@@ -119,7 +77,7 @@ class Worker:
         want = replication or Replication(cfg.replication_factor or 1, cfg.min_insync_replicas or 1)
         self.cfg = cfg
         self.metrics = metrics
-        self.app = _faust_app(cfg, want)
+        self.app = new_faust_app(cfg, want)
         commands = self.app.topic(
             cfg.commands_topic, key_serializer="raw", value_serializer="raw", allow_empty=True
         )
@@ -360,27 +318,15 @@ class Worker:
         logs.event(_log, "stopping")
 
 
-def _faust_app(cfg: Config, want: Replication) -> faust.App:
-    return faust.App(
-        cfg.processor_group,
-        broker=_faust_broker(cfg.kafka_bootstrap),
-        broker_credentials=_credentials(cfg),
-        store="memory://",
-        topic_partitions=cfg.partitions,
-        topic_replication_factor=want.factor,
-        web_enabled=False,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        producer_linger=0.002,
-        broker_commit_every=500,
-        broker_commit_interval=0.5,
-        datadir=_datadir(cfg),
-        table_standby_replicas=0,
-        # A killed worker's partitions move after this long; faust's 60 s default leaves
-        # them idle for a minute.
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=2.0,
-    )
+def build_app(
+    cfg: Config,
+    metrics: Metrics,
+    port_factory: Any,
+    health: Health | None = None,
+    replication: Replication | None = None,
+) -> faust.App:
+    """The worker's faust app. ``port_factory()`` builds the provisioner port in the loop."""
+    return WorkerApp(cfg, metrics, port_factory, health, replication).app
 
 
 def run_worker(
