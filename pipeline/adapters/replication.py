@@ -129,9 +129,10 @@ async def wait_visible(
     it; faust reading 0 partitions there raises PartitionsMismatch at start-up.
     """
     deadline = time.monotonic() + within_s
-    # aiokafka offers no per-broker metadata call; tests/unit/adapters/test_replication.py pins
-    # this.
-    client: Any = admin._client
+    # Imported here: faust_compat imports faust, which the relay and `status` do not need.
+    from pipeline.adapters.faust_compat import admin_kafka_client
+
+    client = admin_kafka_client(admin)
     while True:
         missing = await _not_visible(admin, client, topics)
         if missing is None:

@@ -17,6 +17,7 @@ from pipeline.adapters.topics import ensure_topics
 from pipeline.domain.registry import build_registry
 from pipeline.runtime import httpd, logs
 from pipeline.runtime.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE, Config
+from pipeline.runtime.exit_codes import ExitCode
 from pipeline.runtime.metrics import Metrics
 
 _log = logs.get("services")
@@ -189,14 +190,14 @@ def run_all(cfg: Config, env: dict[str, str]) -> int:
             [sys.executable, "-m", "pipeline.ops.cli", name], env=child_env
         )
     logs.event(_log, "run_started", pids={n: p.pid for n, p in procs.items()}, **cfg.pinned())
-    rc = 0
+    rc = ExitCode.OK
     restarts: list[float] = []
     while True:
         for name, proc in list(procs.items()):
-            # A component that asks for a restart (the worker after a stalled faust
-            # recovery) or ended on a fatal error (non-zero) gets one, at most 5 a minute;
-            # beyond that, or a clean exit, stops the run.
-            if proc.poll() not in (None, 0) and not stopping:
+            # A component that asks for a restart (ExitCode.RESTART: the worker after a
+            # stall or an offset gap) or ended on a failure (any code but OK) gets one, at
+            # most 5 a minute; beyond that, or a clean exit, stops the run.
+            if proc.poll() not in (None, ExitCode.OK) and not stopping:
                 restarts[:] = [t for t in restarts if time.monotonic() - t < 60] + [
                     time.monotonic()
                 ]
@@ -209,7 +210,7 @@ def run_all(cfg: Config, env: dict[str, str]) -> int:
         dead = {n: p.returncode for n, p in procs.items() if p.returncode is not None}
         if dead and not stopping:
             logs.event(_log, "component_exited", exited=dead)
-            rc = 1
+            rc = ExitCode.FAILED
             stop_all(signal.SIGTERM, None)
         if not alive:
             break

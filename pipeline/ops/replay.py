@@ -64,6 +64,7 @@ from pipeline.ops.tail import (
     start_from_args,
 )
 from pipeline.runtime import logs
+from pipeline.runtime.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     import psycopg
@@ -73,7 +74,6 @@ if TYPE_CHECKING:
 
 _log = logs.get("replay")
 CURSOR_SUFFIX = "#replay"
-REFUSED_EXIT_CODE = 5  # a refused replay: the lock is held, or the log lacks needed history
 # Rows a rebuild keeps that it would have had to reset: their history is not in the range.
 NEEDED = ("first_outcome_before_range", "unknown_provenance")
 
@@ -335,14 +335,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         report = asyncio.run(main())
     except ReplayRefused as exc:
         print(f"pipeline replay: {exc}", file=sys.stderr)
-        return REFUSED_EXIT_CODE
+        return ExitCode.REFUSED
     print(orjson.dumps(report.to_dict()).decode(), flush=True)
     if report.interrupted:
         one_tx = options.rebuild or options.dry_run
         what = "rolled back; re-run to start over" if one_tx else "re-run the same to resume"
         print(f"replay interrupted: {what}", file=sys.stderr)
-        return 130
-    return 0
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from pipeline.domain.errors import BrokerError, PipelineError, StoreError
-from pipeline.runtime.config import PARTIAL_EXIT_CODE
+from pipeline.runtime.exit_codes import ExitCode
 
 KAFKA_STATUS_TIMEOUT_S = 4.0  # `pipeline status` answers within 5 s with a broker down
 LAG_WITHIN_S = 2.5  # `pipeline lag` too, plus the clients' start:
@@ -144,7 +144,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         {"topic": cfg.outcomes_topic, "earliest_retained": None, "error": f"unknown: {late}"},
     )
     kafka = kafka_get(0.5, {"error": late, "under_replicated": None})
-    rc = 0 if kafka is None or kafka["error"] is None else PARTIAL_EXIT_CODE
+    rc = ExitCode.OK if kafka is None or kafka["error"] is None else ExitCode.PARTIAL
     if args.json:
         _print_json(
             {**report.to_dict(), "outcome_log": log_start, "kafka": kafka, "partial": rc != 0}
@@ -362,7 +362,7 @@ async def _lag_loop(
             report = await probe.measure(sources, within_s=LAG_WITHIN_S)
             show(report)
             if watch is None:
-                return PARTIAL_EXIT_CODE if report.partial else 0
+                return ExitCode.PARTIAL if report.partial else ExitCode.OK
             await asyncio.sleep(watch)
 
 
@@ -385,7 +385,7 @@ def _lag_once(
     if report is None:
         raise BrokerError(f"no lag answer from Kafka within {LAG_START_S + LAG_WITHIN_S:.0f} s")
     show(report)
-    return PARTIAL_EXIT_CODE if report.partial else 0
+    return ExitCode.PARTIAL if report.partial else ExitCode.OK
 
 
 async def _lag_live(

@@ -26,10 +26,7 @@ RESCUE_STUCK_AFTER = timedelta(minutes=25)
 # key makes that safe) instead of re-emitting the recorded outcome.
 DEDUPE_MAX_ENTRIES = 50_000
 DEDUPE_CHANGELOG_RETENTION = timedelta(minutes=15)
-# A component exiting with this code asks its supervisor (`pipeline run`) for a restart.
-RESTART_EXIT_CODE = 3
-# An operator command that answered with part of what it was asked (a broker down).
-PARTIAL_EXIT_CODE = 4
+# Exit codes: pipeline/exit_codes.py.
 
 REQUIRED_FOR_ALL = ("database_url", "kafka_bootstrap", "provisioner_addr")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

@@ -22,10 +22,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from harness import Pipeline
 
-from pipeline.components.worker.shutdown import NOT_DRAINED_EXIT_CODE
 from pipeline.devtools.fake_provisioner import FakeProvisioner, Rule
 from pipeline.devtools.stack.kafka_cluster import KafkaCluster
-from pipeline.runtime.config import PARTIAL_EXIT_CODE
+from pipeline.runtime.exit_codes import ExitCode
 from pipeline.store.outbox import enqueue
 
 pytestmark = pytest.mark.integration
@@ -220,9 +219,9 @@ def test_status_and_lag_answer_with_a_broker_down(
             res = _cli(p.env(), command, "--json")
             took = time.monotonic() - started
             print(f"pipeline {command} with broker 2 down: rc={res.returncode} in {took:.1f}s")
-            assert res.returncode in (0, PARTIAL_EXIT_CODE), res.stderr
+            assert res.returncode in (0, ExitCode.PARTIAL), res.stderr
             doc = json.loads(res.stdout)
-            assert doc["partial"] is (res.returncode == PARTIAL_EXIT_CODE)
+            assert doc["partial"] is (res.returncode == ExitCode.PARTIAL)
         p.assert_running()
     finally:
         p.stop()
@@ -261,7 +260,7 @@ def test_a_worker_told_to_stop_with_every_broker_gone_exits_within_30s_non_zero(
         took = time.monotonic() - started
         print(f"worker exited rc={rc} {took:.1f}s after SIGTERM with every broker down")
         assert took < 30, f"{took:.1f}s\n{p.logs()}"
-        assert rc == NOT_DRAINED_EXIT_CODE, p.logs()
+        assert rc == ExitCode.NOT_DRAINED, p.logs()
         events = [
             json.loads(line).get("event")
             for line in (tmp_path / "worker.log").read_text().splitlines()

@@ -18,14 +18,16 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
-import os
 import time
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import faust
 
+from pipeline.adapters.faust_compat import set_fetch_max_wait
 from pipeline.adapters.replication import Replication
+from pipeline.components.worker.ack_guard import AckGuard
+from pipeline.components.worker.faust_app import new_faust_app
 from pipeline.components.worker.lanes import OrderedLanes
 from pipeline.components.worker.outcome_sender import OutcomeSender
 from pipeline.components.worker.processor import CommandProcessor
@@ -44,58 +46,14 @@ from pipeline.domain.decide import RetryPolicy, dedupe_action
 from pipeline.domain.handlers import ProvisionerPort
 from pipeline.domain.registry import build_registry
 from pipeline.runtime import logs
-from pipeline.runtime.config import (
-    DEDUPE_CHANGELOG_RETENTION,
-    DEDUPE_MAX_ENTRIES,
-    RESTART_EXIT_CODE,
-    Config,
-)
+from pipeline.runtime.config import DEDUPE_CHANGELOG_RETENTION, DEDUPE_MAX_ENTRIES, Config
+from pipeline.runtime.exit_codes import ExitCode, exit_now
 from pipeline.runtime.httpd import Health
 from pipeline.runtime.metrics import Metrics
 
 _log = logs.get("worker")
 RECOVERY_STALL_S = 60.0  # table recovery here takes well under a second per 10k entries
 DRAIN_TIMEOUT_S = 15.0  # in-flight commands at stop; the stop deadline (25 s) bounds the rest
-
-
-class AckGuard:
-    """Lets faust record only the acknowledgements that come from the lanes.
-
-    faust acknowledges messages it *skips* while flow is paused (shutdown, rebalance) even
-    on a noack stream, and its commit logic lets a one-offset hole through; together they can
-    commit past a command no worker ever saw. Commands of our topic are acknowledged only
-    after their outcome was produced.
-    """
-
-    def __init__(self, topic: str) -> None:
-        self._topic = topic
-        self._approved: set[tuple[int, int]] = set()
-        self._installed: Any = None
-
-    def install(self, consumer: Any) -> None:
-        if self._installed is consumer:
-            return
-        original = consumer.ack
-
-        def guarded(message: Any) -> bool:
-            if message.topic == self._topic:
-                key = (message.partition, message.offset)
-                if key not in self._approved:
-                    # Not ours to acknowledge: it will be delivered again. Forget it so a
-                    # shutdown does not wait for an ack that will never come.
-                    unacked = getattr(consumer, "_unacked_messages", None)
-                    if unacked is not None:
-                        unacked.discard(message)
-                    return False
-                self._approved.discard(key)
-            return bool(original(message))
-
-        consumer.ack = guarded
-        self._installed = consumer
-
-    def ack(self, event: Any) -> None:
-        self._approved.add((event.message.partition, event.message.offset))
-        event.ack()
 
 
 # faust builds its consumer with fetch_max_wait_ms=1500, hard-coded. aiokafka keeps one fetch
@@ -105,52 +63,260 @@ class AckGuard:
 FETCH_MAX_WAIT_MS = 50
 
 
-def _shorten_fetch_wait() -> None:
-    from faust.transport.drivers import aiokafka as faust_aiokafka
+class WorkerApp:
+    """The worker's faust app and the state its agent, timers and signal handlers share."""
 
-    thread_cls: Any = faust_aiokafka.AIOKafkaConsumerThread
-    if getattr(thread_cls, "_pipeline_fetch_wait", False):
-        return
-    original = thread_cls._create_worker_consumer
-
-    def create(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
-        return consumer
-
-    thread_cls._create_worker_consumer = create
-    thread_cls._pipeline_fetch_wait = True
-
-
-def _faust_broker(bootstrap: str) -> str:
-    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(","))
-
-
-def _credentials(cfg: Config) -> Any:
-    if cfg.kafka_security_protocol == "PLAINTEXT":
-        return None
-    import ssl
-
-    ssl_ctx = None
-    if cfg.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        ssl_ctx = ssl.create_default_context(cafile=cfg.kafka_ssl_cafile)
-        if cfg.kafka_ssl_certfile:
-            ssl_ctx.load_cert_chain(cfg.kafka_ssl_certfile, cfg.kafka_ssl_keyfile)
-    if cfg.kafka_security_protocol.startswith("SASL"):
-        password = cfg.kafka_sasl_password.reveal() if cfg.kafka_sasl_password else ""
-        return faust.SASLCredentials(
-            username=cfg.kafka_sasl_username,
-            password=password,
-            ssl_context=ssl_ctx,
-            mechanism=cfg.kafka_sasl_mechanism,
+    def __init__(
+        self,
+        cfg: Config,
+        metrics: Metrics,
+        port_factory: Callable[[], ProvisionerPort],
+        health: Health | None = None,
+        replication: Replication | None = None,
+    ) -> None:
+        set_fetch_max_wait(FETCH_MAX_WAIT_MS)
+        want = replication or Replication(cfg.replication_factor or 1, cfg.min_insync_replicas or 1)
+        self.cfg = cfg
+        self.metrics = metrics
+        self.app = new_faust_app(cfg, want)
+        commands = self.app.topic(
+            cfg.commands_topic, key_serializer="raw", value_serializer="raw", allow_empty=True
         )
-    return faust.SSLCredentials(ssl_ctx)
+        outcomes = self.app.topic(cfg.outcomes_topic, key_serializer="raw", value_serializer="raw")
+        self.seen = seen_table(
+            self.app,
+            SEEN_TABLE,
+            partitions=cfg.partitions,
+            max_entries=DEDUPE_MAX_ENTRIES,
+            retention=DEDUPE_CHANGELOG_RETENTION,
+            extra_configs=want.topic_configs(),
+        )
+        self.outcome_sender = OutcomeSender(self.app, outcomes, metrics)
+        self.lanes = OrderedLanes(cfg.worker_concurrency, self.fatal)
+        self.guard = AckGuard(cfg.commands_topic)
+        self.sequencer = Sequencer()
+        self.baselines_set = asyncio.Event()
+        self.end_offsets = EndOffsets(cfg.kafka_client_kwargs(), cfg.commands_topic)
+        self.admitted_at: dict[int, float] = {}
+        self.recovery_stalled_since: float | None = None
+        self._port_factory = port_factory
+        self._port: ProvisionerPort | None = None
+        self._processor: CommandProcessor | None = None
+        self._debug = _log.isEnabledFor(logging.DEBUG)
+        self._wire(commands, health)
 
+    def _wire(self, commands: Any, health: Health | None) -> None:
+        app = self.app
+        # One agent instance (faust concurrency=1) reads every assigned partition in order and
+        # hands commands to the lanes; acks are manual (noack) and happen in offset order.
+        app.agent(commands, concurrency=1, name="process-commands")(self.process)
+        app.timer(5.0)(self.progress_watchdog)
+        app.timer(5.0)(self.recovery_watchdog)
+        if health is not None:
+            app.timer(1.0)(self.beat_for(health))
+            health.set_ready_check(self.ready)
+        app.on_partitions_assigned.connect(self.on_assigned)  # type: ignore[arg-type]
+        app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]
+        app.on_before_shutdown.connect(self.on_shutdown)  # type: ignore[arg-type]
 
-def _datadir(cfg: Config) -> str:
-    path = Path(cfg.data_dir).resolve() / f"faust-{cfg.processor_group}"
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)
+    def processor(self) -> CommandProcessor:
+        if self._processor is None:
+            self._port = self._port_factory()
+            self._processor = CommandProcessor(
+                registry=build_registry(),
+                port=self._port,
+                policy=RetryPolicy(self.cfg.max_attempts, self.cfg.backoff_scale),
+                metrics=self.metrics,
+                topic=self.cfg.commands_topic,
+            )
+        return self._processor
+
+    async def process(self, stream: Any) -> None:
+        async for event in stream.noack().events():
+            msg = event.message
+            if self._debug:
+                logs.event(
+                    _log,
+                    "command_received",
+                    logging.DEBUG,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                )
+            await self.baselines_set.wait()  # an assignment's baselines come from the broker
+            verdict = self.sequencer.admit(msg.partition, msg.offset)
+            if verdict is Admit.PROCESS:
+                self.admitted_at[msg.partition] = time.monotonic()
+            else:
+                if verdict is Admit.SEEK:
+                    await self.restart_for_gap(msg.partition, self.sequencer.seek_to, msg.offset)
+                continue
+            key = msg.key if msg.key is not None else msg.offset
+            await self.lanes.submit(
+                key=(msg.partition, key),
+                partition=msg.partition,
+                work=functools.partial(self.on_command, event.value),
+                ack=functools.partial(self.guard.ack, event),
+            )
+
+    async def on_command(self, raw: bytes | None) -> None:
+        proc = self.processor()
+        decoded = proc.decode(raw)
+        if isinstance(decoded, codec.Undecodable):
+            bad = proc.handle_undecodable(decoded)
+            if bad is not None:
+                await self.outcome_sender.send(bad.key.encode(), codec.encode(bad))
+            return
+        seen_key = str(decoded.propagation_id).encode()
+        prior: bytes | None = self.seen.get(seen_key)
+        last_attempt = int(prior.split(b"|", 1)[0]) if prior else None
+        action = dedupe_action(last_attempt, decoded.attempt)
+        if self._debug:
+            logs.event(
+                _log,
+                "command_seen",
+                logging.DEBUG,
+                propagation_id=decoded.propagation_id,
+                attempt=decoded.attempt,
+                action=action,
+            )
+        if action == "drop":
+            self.metrics.duplicates.labels("processor").inc()
+            return
+        if action == "reemit" and prior is not None:
+            # Same attempt again (redelivery or rescue): emit the recorded outcome with its
+            # event_id instead of calling the provisioner a second time.
+            self.metrics.duplicates.labels("processor").inc()
+            await self.outcome_sender.send(decoded.key.encode(), prior.split(b"|", 1)[1])
+            return
+        event = await proc.handle(decoded)
+        body = codec.encode_validated(event)
+        self.seen[seen_key] = str(decoded.attempt).encode() + b"|" + body
+        await self.outcome_sender.send(event.key.encode(), body)
+
+    async def restart_for_gap(self, partition: int, expected: int | None, got: int) -> None:
+        # faust dropped offsets before this one (its pause-time skip) and a seek does not
+        # reliably bring them back. Nothing at or past the hole is acknowledged (AckGuard),
+        # so restart from the committed offset, which is the hole.
+        self.metrics.offset_gaps.labels(str(partition)).inc()
+        await self.restart("offset_gap", partition=partition, expected=expected, got=got)
+
+    async def restart(self, reason: str, **fields: Any) -> NoReturn:
+        # Finish what is in flight, commit it, and exit; the supervisor (`pipeline run`)
+        # restarts the worker and the new process starts at the committed offsets.
+        logs.event(_log, reason, logging.WARNING, action="restart", **fields)
+        await self.lanes.drain()
+        with contextlib.suppress(Exception):
+            await self.app.consumer.commit()
+        exit_now(ExitCode.RESTART)
+
+    async def fatal(self, exc: BaseException) -> None:
+        # An outcome that could not be produced: end the worker rather than move on. The
+        # unacknowledged command is delivered again after the restart. Not app.crash():
+        # faust then neither exits nor recovers (issue 12); a supervisor restarts an exit.
+        logs.event(_log, "fatal", level=logging.ERROR, error=repr(exc)[:500])
+        exit_not_drained("fatal", error=repr(exc)[:200])
+
+    async def progress_watchdog(self) -> None:
+        # A partition with commands waiting that faust does not hand over (seen after the
+        # group's offsets were reset on a quiet pipeline) is a stall the AckGuard keeps from
+        # becoming a loss; a restart resumes it from the committed offset.
+        topic = self.cfg.commands_topic
+        try:
+            tps = [tp for tp in self.app.consumer.assignment() if tp.topic == topic]
+            if not tps:
+                return
+            # A client of its own: asking faust's consumer (highwaters) holds up its fetch
+            # loop for a second or more, which the bench saw as latency spikes.
+            end_by_partition = await asyncio.wait_for(
+                self.end_offsets.fetch([tp.partition for tp in tps]), 5.0
+            )
+        except Exception:  # not started, rebalancing or broker away: try on the next tick
+            return
+        now = time.monotonic()
+        views = [
+            PartitionView(
+                partition=tp.partition,
+                end_offset=end_by_partition.get(tp.partition),
+                next_offset=self.sequencer.next_offset.get(tp.partition),
+                unacked=self.lanes.unacked(tp.partition),
+                idle_s=now - self.admitted_at.setdefault(tp.partition, now),
+            )
+            for tp in tps
+        ]
+        stalled = stalled_partitions(
+            views,
+            stall_after=STALL_AFTER_S,
+            lanes_full=self.lanes.full,
+            in_recovery=bool(self.app.in_recovery or self.app.rebalancing),
+        )
+        if stalled:
+            lag = {v.partition: (v.end_offset or 0) - (v.next_offset or 0) for v in views}
+            await self.restart(
+                "progress_stalled",
+                partitions=stalled,
+                lag={p: lag[p] for p in stalled},
+                stalled_s=STALL_AFTER_S,
+            )
+
+    async def recovery_watchdog(self) -> None:
+        # faust can wait forever for a changelog partition after a quick join-and-leave
+        # rebalance, with every partition idle and the process healthy-looking. A worker
+        # that cannot finish recovery is useless: exit, and let the supervisor restart it.
+        if not self.app.in_recovery:
+            self.recovery_stalled_since = None
+            return
+        now = time.monotonic()
+        for p in self.admitted_at:  # recovery is not idleness
+            self.admitted_at[p] = now
+        if self.recovery_stalled_since is None:
+            self.recovery_stalled_since = now
+        if time.monotonic() - self.recovery_stalled_since > RECOVERY_STALL_S:
+            logs.event(_log, "recovery_stalled", logging.ERROR, stalled_s=RECOVERY_STALL_S)
+            exit_now(ExitCode.RESTART)
+
+    @staticmethod
+    def beat_for(health: Health) -> Callable[[], Awaitable[None]]:
+        async def beat() -> None:
+            health.beat()
+
+        return beat
+
+    def ready(self) -> dict[str, bool]:
+        return {"consumer_running": not self.app.should_stop and self.app.consumer is not None}
+
+    async def on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
+        self.guard.install(self.app.consumer)
+        mine = sorted(tp.partition for tp in assigned if tp.topic == self.cfg.commands_topic)
+        self.baselines_set.clear()
+        try:
+            baselines = await self.end_offsets.baselines_within(self.cfg.processor_group, mine)
+        except Exception as exc:  # starting from the first message delivered can lose commands
+            await self.restart("baselines_unavailable", partitions=mine, error=repr(exc)[:200])
+        self.sequencer.reset(
+            baselines
+        )  # after a rebalance the stream restarts at committed offsets
+        self.baselines_set.set()
+        now = time.monotonic()
+        self.admitted_at.clear()
+        self.admitted_at.update({p: now for p in mine})
+        logs.event(_log, "partitions_assigned", partitions=mine)
+
+    async def on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        # Finish what is in flight so its outcomes are produced before the partitions move.
+        await self.lanes.drain()
+        gone = sorted(tp.partition for tp in revoked if tp.topic == self.cfg.commands_topic)
+        logs.event(_log, "partitions_revoked", partitions=gone)
+
+    async def on_shutdown(self, sender: Any, **kwargs: Any) -> None:
+        try:
+            await asyncio.wait_for(self.lanes.drain(), DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            exit_not_drained("drain_timeout", drain_timeout_s=DRAIN_TIMEOUT_S)
+        await self.end_offsets.close()
+        close = getattr(self._port, "close", None)
+        if close is not None:
+            await close()
+        logs.event(_log, "stopping")
 
 
 def build_app(
@@ -161,265 +327,7 @@ def build_app(
     replication: Replication | None = None,
 ) -> faust.App:
     """The worker's faust app. ``port_factory()`` builds the provisioner port in the loop."""
-    _shorten_fetch_wait()
-    want = replication or Replication(cfg.replication_factor or 1, cfg.min_insync_replicas or 1)
-    app = faust.App(
-        cfg.processor_group,
-        broker=_faust_broker(cfg.kafka_bootstrap),
-        broker_credentials=_credentials(cfg),
-        store="memory://",
-        topic_partitions=cfg.partitions,
-        topic_replication_factor=want.factor,
-        web_enabled=False,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        producer_linger=0.002,
-        broker_commit_every=500,
-        broker_commit_interval=0.5,
-        datadir=_datadir(cfg),
-        table_standby_replicas=0,
-        # A killed worker's partitions move after this long; faust's 60 s default leaves
-        # them idle for a minute.
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=2.0,
-    )
-    commands = app.topic(
-        cfg.commands_topic, key_serializer="raw", value_serializer="raw", allow_empty=True
-    )
-    outcomes = app.topic(cfg.outcomes_topic, key_serializer="raw", value_serializer="raw")
-    seen = seen_table(
-        app,
-        SEEN_TABLE,
-        partitions=cfg.partitions,
-        max_entries=DEDUPE_MAX_ENTRIES,
-        retention=DEDUPE_CHANGELOG_RETENTION,
-        extra_configs=want.topic_configs(),
-    )
-    state: dict[str, Any] = {}
-    outcome_sender = OutcomeSender(app, outcomes, metrics)
-
-    def processor() -> CommandProcessor:
-        if "processor" not in state:
-            port: ProvisionerPort = port_factory()
-            state["port"] = port
-            state["processor"] = CommandProcessor(
-                registry=build_registry(),
-                port=port,
-                policy=RetryPolicy(cfg.max_attempts, cfg.backoff_scale),
-                metrics=metrics,
-                topic=cfg.commands_topic,
-            )
-        proc: CommandProcessor = state["processor"]
-        return proc
-
-    debug = _log.isEnabledFor(logging.DEBUG)
-
-    async def on_command(raw: bytes | None) -> None:
-        proc = processor()
-        decoded = proc.decode(raw)
-        if isinstance(decoded, codec.Undecodable):
-            bad = proc.handle_undecodable(decoded)
-            if bad is not None:
-                await outcome_sender.send(bad.key.encode(), codec.encode(bad))
-            return
-        seen_key = str(decoded.propagation_id).encode()
-        prior: bytes | None = seen.get(seen_key)
-        last_attempt = int(prior.split(b"|", 1)[0]) if prior else None
-        action = dedupe_action(last_attempt, decoded.attempt)
-        if debug:
-            logs.event(
-                _log,
-                "command_seen",
-                logging.DEBUG,
-                propagation_id=decoded.propagation_id,
-                attempt=decoded.attempt,
-                action=action,
-            )
-        if action == "drop":
-            metrics.duplicates.labels("processor").inc()
-            return
-        if action == "reemit" and prior is not None:
-            # Same attempt again (redelivery or rescue): emit the recorded outcome with its
-            # event_id instead of calling the provisioner a second time.
-            metrics.duplicates.labels("processor").inc()
-            await outcome_sender.send(decoded.key.encode(), prior.split(b"|", 1)[1])
-            return
-        event = await proc.handle(decoded)
-        body = codec.encode_validated(event)
-        seen[seen_key] = str(decoded.attempt).encode() + b"|" + body
-        await outcome_sender.send(event.key.encode(), body)
-
-    async def restart_for_gap(partition: int, expected: int | None, got: int) -> None:
-        # faust dropped offsets before this one (its pause-time skip) and a seek does not
-        # reliably bring them back. Nothing at or past the hole is acknowledged (AckGuard),
-        # so restart from the committed offset, which is the hole.
-        metrics.offset_gaps.labels(str(partition)).inc()
-        await restart("offset_gap", partition=partition, expected=expected, got=got)
-
-    async def restart(reason: str, **fields: Any) -> NoReturn:
-        # Finish what is in flight, commit it, and exit; the supervisor (`pipeline run`)
-        # restarts exit code 3 and the new process starts at the committed offsets.
-        logs.event(_log, reason, logging.WARNING, action="restart", **fields)
-        await lanes.drain()
-        with contextlib.suppress(Exception):
-            await app.consumer.commit()
-        os._exit(RESTART_EXIT_CODE)
-
-    async def fatal(exc: BaseException) -> None:
-        # An outcome that could not be produced: end the worker rather than move on. The
-        # unacknowledged command is delivered again after the restart. Not app.crash():
-        # faust then neither exits nor recovers (issue 12); a supervisor restarts an exit.
-        logs.event(_log, "fatal", level=logging.ERROR, error=repr(exc)[:500])
-        exit_not_drained("fatal", error=repr(exc)[:200])
-
-    lanes = OrderedLanes(cfg.worker_concurrency, fatal)
-    guard = AckGuard(cfg.commands_topic)
-    sequencer = Sequencer()
-    baselines_set = asyncio.Event()
-    state["lanes"] = lanes
-
-    # One agent instance (faust concurrency=1) reads every assigned partition in order and
-    # hands commands to the lanes; acks are manual (noack) and happen in offset order.
-    @app.agent(commands, concurrency=1, name="process-commands")
-    async def process(stream: Any) -> None:
-        async for event in stream.noack().events():
-            msg = event.message
-            if debug:
-                logs.event(
-                    _log,
-                    "command_received",
-                    logging.DEBUG,
-                    partition=msg.partition,
-                    offset=msg.offset,
-                )
-            await baselines_set.wait()  # an assignment's baselines come from the broker
-            verdict = sequencer.admit(msg.partition, msg.offset)
-            if verdict is Admit.PROCESS:
-                admitted_at[msg.partition] = time.monotonic()
-            else:
-                if verdict is Admit.SEEK:
-                    await restart_for_gap(msg.partition, sequencer.seek_to, msg.offset)
-                continue
-            value = event.value
-            key = event.message.key if event.message.key is not None else event.message.offset
-            await lanes.submit(
-                key=(event.message.partition, key),
-                partition=event.message.partition,
-                work=functools.partial(on_command, value),
-                ack=functools.partial(guard.ack, event),
-            )
-
-    stalled_since: dict[str, float] = {}
-    admitted_at: dict[int, float] = {}
-    end_offsets = EndOffsets(cfg.kafka_client_kwargs(), cfg.commands_topic)
-
-    @app.timer(5.0)  # type: ignore[untyped-decorator]
-    async def progress_watchdog() -> None:
-        # A partition with commands waiting that faust does not hand over (seen after the
-        # group's offsets were reset on a quiet pipeline) is a stall the AckGuard keeps from
-        # becoming a loss; a restart resumes it from the committed offset.
-        try:
-            tps = [tp for tp in app.consumer.assignment() if tp.topic == cfg.commands_topic]
-            if not tps:
-                return
-            # A client of its own: asking faust's consumer (highwaters) holds up its fetch
-            # loop for a second or more, which the bench saw as latency spikes.
-            end_by_partition = await asyncio.wait_for(
-                end_offsets.fetch([tp.partition for tp in tps]), 5.0
-            )
-        except Exception:  # not started, rebalancing or broker away: try on the next tick
-            return
-        now = time.monotonic()
-        views = [
-            PartitionView(
-                partition=tp.partition,
-                end_offset=end_by_partition.get(tp.partition),
-                next_offset=sequencer.next_offset.get(tp.partition),
-                unacked=lanes.unacked(tp.partition),
-                idle_s=now - admitted_at.setdefault(tp.partition, now),
-            )
-            for tp in tps
-        ]
-        stalled = stalled_partitions(
-            views,
-            stall_after=STALL_AFTER_S,
-            lanes_full=lanes.full,
-            in_recovery=bool(app.in_recovery or app.rebalancing),
-        )
-        if stalled:
-            lag = {v.partition: (v.end_offset or 0) - (v.next_offset or 0) for v in views}
-            await restart(
-                "progress_stalled",
-                partitions=stalled,
-                lag={p: lag[p] for p in stalled},
-                stalled_s=STALL_AFTER_S,
-            )
-
-    @app.timer(5.0)  # type: ignore[untyped-decorator]
-    async def recovery_watchdog() -> None:
-        # faust can wait forever for a changelog partition after a quick join-and-leave
-        # rebalance, with every partition idle and the process healthy-looking. A worker
-        # that cannot finish recovery is useless: exit, and let the supervisor restart it.
-        if not app.in_recovery:
-            stalled_since.clear()
-            return
-        now = time.monotonic()
-        for p in admitted_at:  # recovery is not idleness
-            admitted_at[p] = now
-        since = stalled_since.setdefault("t", time.monotonic())
-        if time.monotonic() - since > RECOVERY_STALL_S:
-            logs.event(_log, "recovery_stalled", logging.ERROR, stalled_s=RECOVERY_STALL_S)
-            os._exit(RESTART_EXIT_CODE)
-
-    if health is not None:
-        beat_health = health
-
-        @app.timer(1.0)  # type: ignore[untyped-decorator]
-        async def beat() -> None:
-            beat_health.beat()
-
-        def ready() -> dict[str, bool]:
-            return {"consumer_running": not app.should_stop and app.consumer is not None}
-
-        health.set_ready_check(ready)
-
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
-        guard.install(app.consumer)
-        mine = sorted(tp.partition for tp in assigned if tp.topic == cfg.commands_topic)
-        baselines_set.clear()
-        try:
-            baselines = await end_offsets.baselines_within(cfg.processor_group, mine)
-        except Exception as exc:  # starting from the first message delivered can lose commands
-            await restart("baselines_unavailable", partitions=mine, error=repr(exc)[:200])
-        sequencer.reset(baselines)  # after a rebalance the stream restarts at committed offsets
-        baselines_set.set()
-        now = time.monotonic()
-        admitted_at.clear()
-        admitted_at.update({p: now for p in mine})
-        logs.event(_log, "partitions_assigned", partitions=mine)
-
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
-        # Finish what is in flight so its outcomes are produced before the partitions move.
-        await lanes.drain()
-        gone = sorted(tp.partition for tp in revoked if tp.topic == cfg.commands_topic)
-        logs.event(_log, "partitions_revoked", partitions=gone)
-
-    @app.on_before_shutdown.connect  # type: ignore[arg-type]
-    async def on_shutdown(sender: Any, **kwargs: Any) -> None:
-        try:
-            await asyncio.wait_for(lanes.drain(), DRAIN_TIMEOUT_S)
-        except TimeoutError:
-            exit_not_drained("drain_timeout", drain_timeout_s=DRAIN_TIMEOUT_S)
-        await end_offsets.close()
-        port = state.get("port")
-        close = getattr(port, "close", None)
-        if close is not None:
-            await close()
-        logs.event(_log, "stopping")
-
-    return app
+    return WorkerApp(cfg, metrics, port_factory, health, replication).app
 
 
 def run_worker(

@@ -14,6 +14,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from pipeline.adapters.faust_compat import (
+    aiokafka_producer,
+    install_aiokafka_producer,
+    new_aiokafka_producer,
+)
 from pipeline.adapters.kafka_producer import (
     fatal_idempotence_error,
     record_rebuild,
@@ -46,10 +51,7 @@ class OutcomeSender:
                 await self._heal(broken, label)
 
     def _current(self) -> AIOKafkaProducer | None:
-        # faust's Producer keeps its aiokafka producer here (pinned by
-        # tests/unit/adapters/test_producer_heal.py).
-        producer: AIOKafkaProducer | None = getattr(self._app.producer, "_producer", None)
-        return producer
+        return aiokafka_producer(self._app.producer)
 
     async def _heal(self, broken: AIOKafkaProducer | None, label: str) -> None:
         if self._lock is None:
@@ -58,10 +60,10 @@ class OutcomeSender:
             if broken is None or self._current() is not broken:
                 return  # another lane healed it already
             faust_producer = self._app.producer
-
-            def install(p: AIOKafkaProducer) -> None:
-                faust_producer._producer = p
-
-            await replace_producer(broken, faust_producer._new_producer, install)
+            await replace_producer(
+                broken,
+                lambda: new_aiokafka_producer(faust_producer),
+                lambda p: install_aiokafka_producer(faust_producer, p),
+            )
             record_rebuild(self._metrics, _log, "worker", label)
             logs.event(_log, "outcome_resent", logging.INFO, error=label)

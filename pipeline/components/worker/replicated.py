@@ -12,6 +12,7 @@ from typing import Any
 
 import faust
 
+from pipeline.adapters.faust_compat import leader_topic_name
 from pipeline.adapters.replication import Replication, TopicReplication, report
 from pipeline.adapters.topics import ensure_topics
 from pipeline.runtime import logs
@@ -19,13 +20,6 @@ from pipeline.runtime.config import Config
 from pipeline.runtime.metrics import Metrics
 
 _log = logs.get("worker")
-
-
-def leader_topic_name(app: faust.App) -> str:
-    # faust's LeaderAssignor names it so (a private attribute; building that service here
-    # would bind it to the wrong event loop). tests/unit/components/worker/test_worker_topics.py
-    # pins the name.
-    return f"{app.conf.id}-__assignor-__leader"
 
 
 SEEN_TABLE = "processed-attempts"
@@ -37,7 +31,7 @@ def faust_topics(app: faust.App, default_partitions: int) -> list[tuple[str, int
         (t.changelog_topic.get_topic_name(), int(t.partitions or default_partitions), _configs(t))
         for t in app.tables.values()
     ]
-    out.append((leader_topic_name(app), 1, {}))
+    out.append((leader_topic_name(app.conf.id), 1, {}))
     return out
 
 
@@ -71,12 +65,11 @@ async def ensure_worker_topics(
 
 def worker_topic_names(cfg: Config) -> list[str]:
     """Every topic the pipeline creates, by name, without building the faust app (for
-    ``pipeline status``); tests/unit/components/worker/test_worker_topics.py checks it against
-    faust_topics."""
+    ``pipeline status``); tests/unit/test_worker_topics.py checks it against faust_topics."""
     group = cfg.processor_group
     return [
         cfg.commands_topic,
         cfg.outcomes_topic,
         f"{group}-{SEEN_TABLE}-changelog",
-        f"{group}-__assignor-__leader",
+        leader_topic_name(group),
     ]

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import faust
 
+from pipeline.adapters.faust_compat import StoreHookTable, replace_memory_store_dicts
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -43,16 +45,13 @@ class BoundedDict(OrderedDict[K, V]):
             self.evicted += 1
 
 
-class SeenTable(faust.Table[bytes, bytes]):
+class SeenTable(StoreHookTable):
     """A faust table on a memory store whose dicts are :class:`BoundedDict`."""
 
     max_entries = 50_000
 
-    def _new_store(self) -> Any:
-        store: Any = super()._new_store()
-        store.data = BoundedDict(self.max_entries)
-        # The memory store also remembers each recovered key's partition, unbounded.
-        store._key_partition = BoundedDict(self.max_entries)
+    def adapt_store(self, store: Any) -> Any:
+        replace_memory_store_dicts(store, lambda: BoundedDict(self.max_entries))
         return store
 
 

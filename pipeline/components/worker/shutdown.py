@@ -9,24 +9,21 @@ process is safe: the exit code tells the supervisor the worker did not drain.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
-import faust
-
+from pipeline.adapters.faust_compat import StopSignalWorker
 from pipeline.runtime import logs
+from pipeline.runtime.exit_codes import ExitCode, exit_now
 
 STOP_DEADLINE_S = 25.0  # under the 30 s a supervisor gives before it SIGKILLs
-NOT_DRAINED_EXIT_CODE = 1
 _log = logs.get("worker")
 
 
-def exit_not_drained(reason: str, **fields: Any) -> None:
+def exit_not_drained(reason: str, **fields: Any) -> NoReturn:
     logs.event(_log, "stopped_without_draining", logging.ERROR, reason=reason, **fields)
-    logging.shutdown()
-    os._exit(NOT_DRAINED_EXIT_CODE)
+    exit_now(ExitCode.NOT_DRAINED)
 
 
 def arm_stop_deadline(seconds: float = STOP_DEADLINE_S) -> threading.Timer:
@@ -37,15 +34,12 @@ def arm_stop_deadline(seconds: float = STOP_DEADLINE_S) -> threading.Timer:
     return timer
 
 
-class BoundedStopWorker(faust.Worker):
+class BoundedStopWorker(StopSignalWorker):
     """faust's Worker whose SIGTERM/SIGINT shutdown has a deadline."""
 
     stop_deadline_s = STOP_DEADLINE_S
     _deadline: threading.Timer | None = None
 
-    def _schedule_shutdown(self, signal: signal.Signals) -> None:
-        # mode.Worker's hook for both signals (tests/unit/components/worker/test_shutdown.py
-        # pins it).
+    def on_stop_signal(self, signal: signal.Signals) -> None:
         if self._deadline is None:
             self._deadline = arm_stop_deadline(self.stop_deadline_s)
-        super()._schedule_shutdown(signal)

@@ -135,12 +135,3 @@ def test_outcome_sender_gives_up_after_one_rebuild() -> None:
     sender = OutcomeSender(FakeApp(), FakeTopic(failures=2), metrics)
     with pytest.raises(ProducerSendError):
         asyncio.run(sender.send(b"k", b"v"))
-
-
-def test_fausts_producer_keeps_the_private_names_the_sender_swaps() -> None:
-    from faust.transport.drivers.aiokafka import Producer
-
-    assert callable(Producer._new_producer)
-    assert "self._producer = self._new_producer()" in __import__("inspect").getsource(
-        Producer.on_start
-    )

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.adapters import replication as rep
 from pipeline.devtools.stack.kafka_cluster import cluster_properties, quorum_leader
@@ -77,19 +74,6 @@ def test_config_reads_and_checks_replication() -> None:
         Config.from_env(
             {"PIPELINE_REPLICATION_FACTOR": "2", "PIPELINE_MIN_INSYNC_REPLICAS": "3"}, required=()
         )
-
-
-def test_the_aiokafka_internals_wait_visible_uses_exist() -> None:
-    # wait_visible asks each broker itself through the admin client's private client.
-    async def build() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:1")
-        client = admin._client
-        assert inspect.iscoroutinefunction(client.send)
-        assert inspect.iscoroutinefunction(client.ready)
-        assert callable(client.cluster.brokers)
-        await admin.close()
-
-    asyncio.run(build())
 
 
 def test_cluster_defaults_replicate_from_three_nodes() -> None:

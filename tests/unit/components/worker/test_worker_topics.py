@@ -6,7 +6,7 @@ from typing import Any
 
 from pipeline.adapters.replication import Replication
 from pipeline.components.worker.app import build_app
-from pipeline.components.worker.replicated import faust_topics, leader_topic_name
+from pipeline.components.worker.replicated import faust_topics
 from pipeline.runtime.config import Config
 from pipeline.runtime.metrics import Metrics
 
@@ -14,11 +14,6 @@ from pipeline.runtime.metrics import Metrics
 def _app(tmp_path: Any) -> Any:
     cfg = Config(topic_prefix="x-", partitions=4, data_dir=str(tmp_path))
     return build_app(cfg, Metrics(["tier_elevation"]), lambda: None, None, Replication(3, 2))
-
-
-def test_leader_topic_name_is_fausts(tmp_path: Any) -> None:
-    app = _app(tmp_path)
-    assert leader_topic_name(app) == app._leader_assignor._leader_topic_name
 
 
 def test_changelog_and_leader_topics_with_their_settings(tmp_path: Any) -> None:

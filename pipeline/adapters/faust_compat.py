@@ -1,0 +1,150 @@
+"""Every use of faust's, mode's and aiokafka's private API in the package, in one place.
+
+Pinned against faust-streaming 0.15.3, mode-streaming 0.7.1 and aiokafka 0.14.0. Each function
+names the private attribute it relies on; tests/unit/test_faust_compat.py fails when an upgrade
+moves or renames one, so an upgrade is checked here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+# --- the consumer's acknowledgements (faust.transport.consumer.Consumer) ---------------------
+
+
+def filter_acks(consumer: Any, allow: Callable[[Any], bool]) -> None:
+    """Route ``consumer.ack`` through ``allow(message)``; a refused message is not acked.
+
+    faust calls ``Consumer.ack`` (an instance attribute lookup, so replacing it on the
+    instance is seen) from ``Message.ack`` and from its pause-time skip. A refused message is
+    also dropped from the set that shutdown waits on (:func:`forget_unacked`).
+    """
+    original = consumer.ack
+
+    def guarded(message: Any) -> bool:
+        if not allow(message):
+            forget_unacked(consumer, message)
+            return False
+        return bool(original(message))
+
+    consumer.ack = guarded
+
+
+def forget_unacked(consumer: Any, message: Any) -> None:
+    """Drop ``message`` from ``Consumer._unacked_messages``, the WeakSet ``wait_empty`` waits
+    on at shutdown, so a stop does not wait for an ack that will never come."""
+    consumer._unacked_messages.discard(message)
+
+
+# --- the worker consumer's fetch wait (faust.transport.drivers.aiokafka) ---------------------
+
+
+def set_fetch_max_wait(ms: int) -> None:
+    """Make faust's worker consumers use ``fetch_max_wait_ms=ms`` (faust hard-codes 1500).
+
+    Wraps ``AIOKafkaConsumerThread._create_worker_consumer(transport)`` and sets the built
+    ``AIOKafkaConsumer._fetch_max_wait_ms``, which aiokafka hands to its Fetcher at
+    ``start()``. Idempotent: the latest ``ms`` wins.
+    """
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    thread_cls: Any = faust_aiokafka.AIOKafkaConsumerThread
+    thread_cls._pipeline_fetch_max_wait_ms = ms
+    if getattr(thread_cls, "_pipeline_unpatched_create", None) is not None:
+        return
+    original = thread_cls._create_worker_consumer
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = thread_cls._pipeline_fetch_max_wait_ms
+        return consumer
+
+    thread_cls._pipeline_unpatched_create = original
+    thread_cls._create_worker_consumer = create
+
+
+# --- the table's memory store (faust.tables.base.Collection, faust.stores.memory.Store) -----
+
+
+class StoreHookTable(faust.Table[bytes, bytes]):
+    """A faust Table that may adapt its store when faust builds it.
+
+    Overrides the private hook ``Collection._new_store()``, which faust calls once to build
+    the table's store; subclasses override :meth:`adapt_store`.
+    """
+
+    def _new_store(self) -> Any:
+        return self.adapt_store(super()._new_store())
+
+    def adapt_store(self, store: Any) -> Any:
+        return store
+
+
+def replace_memory_store_dicts(
+    store: Any, new_dict: Callable[[], MutableMapping[Any, Any]]
+) -> None:
+    """Give a memory store fresh mappings from ``new_dict()``: its ``data`` and its private
+    ``_key_partition`` (each recovered key's partition, otherwise unbounded)."""
+    store.data = new_dict()
+    store._key_partition = new_dict()
+
+
+# --- the app's aiokafka producer (faust.transport.drivers.aiokafka.Producer) ----------------
+
+
+def aiokafka_producer(faust_producer: Any) -> AIOKafkaProducer | None:
+    """The aiokafka producer faust's Producer sends with (``_producer``, set at start)."""
+    producer: AIOKafkaProducer | None = getattr(faust_producer, "_producer", None)
+    return producer
+
+
+def new_aiokafka_producer(faust_producer: Any) -> AIOKafkaProducer:
+    """A new aiokafka producer with faust's settings (``Producer._new_producer()``)."""
+    producer: AIOKafkaProducer = faust_producer._new_producer()
+    return producer
+
+
+def install_aiokafka_producer(faust_producer: Any, producer: AIOKafkaProducer) -> None:
+    """Make faust's Producer send with ``producer`` from now on."""
+    faust_producer._producer = producer
+
+
+# --- the worker's signal handling (mode.Worker) ---------------------------------------------
+
+
+class StopSignalWorker(faust.Worker):
+    """faust's Worker with a hook that runs when SIGTERM or SIGINT asks it to stop.
+
+    Overrides ``mode.Worker._schedule_shutdown(signal)``, which both signal handlers call.
+    """
+
+    def _schedule_shutdown(self, signal: signal.Signals) -> None:
+        self.on_stop_signal(signal)
+        super()._schedule_shutdown(signal)
+
+    def on_stop_signal(self, signal: signal.Signals) -> None:
+        """Runs before faust starts its shutdown."""
+
+
+# --- topic names faust derives itself --------------------------------------------------------
+
+
+def leader_topic_name(app_id: str) -> str:
+    """The topic faust's LeaderAssignor creates for app ``app_id`` (its private
+    ``_leader_topic_name``; building that service here would bind it to the wrong loop)."""
+    return f"{app_id}-__assignor-__leader"
+
+
+# --- aiokafka's admin client -----------------------------------------------------------------
+
+
+def admin_kafka_client(admin: AIOKafkaAdminClient) -> Any:
+    """The admin client's ``AIOKafkaClient`` (``_client``): aiokafka offers no per-broker
+    metadata call, and this client can ``send`` a request to a chosen node."""
+    return admin._client
