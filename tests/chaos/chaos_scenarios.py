@@ -20,14 +20,10 @@ from typing import Any
 import orjson
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from chaoslib import (
-    RULES,
-    ChaosRun,
-    PathSpec,
-    Scenario,
-    port_refused,
-    quiet_redelivery,
-)
+from chaos_checks import quiet_redelivery
+from chaos_run import ChaosRun, Scenario
+from chaos_services import port_refused
+from chaos_workload import RULES, PathSpec
 from harness import dedupe
 from prometheus_client.parser import text_string_to_metric_families
 from retention_scenarios import RETENTION_SCENARIOS

@@ -27,7 +27,10 @@ from typing import Any
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from chaoslib import ChaosRun, PathSpec, Scenario, ScenarioError, Stack, port_refused
+from chaos_record import ScenarioError, count_self_restarts
+from chaos_run import ChaosRun, Scenario
+from chaos_services import Stack, port_refused
+from chaos_workload import PathSpec
 from psycopg.types.json import Jsonb
 
 from pipeline.devtools.stack import procs
@@ -326,8 +329,6 @@ def record(run: ChaosRun, watch: FaultWatch, *, strict: bool) -> None:
 
 
 def _self_restarts(run: ChaosRun) -> dict[str, int]:
-    from chaoslib import count_self_restarts
-
     return count_self_restarts(run.logdir)
 
 

@@ -23,7 +23,8 @@ from itertools import pairwise
 from typing import Any
 
 import psycopg
-from chaoslib import BACKOFF_SCALE, MAX_ATTEMPTS, PARTITIONS, ChaosRun, Scenario
+from chaos_run import BACKOFF_SCALE, PARTITIONS, ChaosRun, Scenario
+from chaos_workload import MAX_ATTEMPTS
 from harness import Pipeline
 from trimlog import first_positions, trim
 

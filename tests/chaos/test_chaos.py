@@ -12,16 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from chaos_record import INVARIANTS, Result, count_self_restarts, render_table
 from chaos_scenarios import BY_NAME, SCENARIOS
-from chaoslib import (
-    INVARIANTS,
-    Result,
-    Stack,
-    count_self_restarts,
-    render_table,
-    run_scenario,
-    unlanded,
-)
+from chaos_services import Stack
+from chaoslib import run_scenario
+from invariants import unlanded
 
 pytestmark = pytest.mark.integration
 

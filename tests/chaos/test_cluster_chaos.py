@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chaoslib import INVARIANTS, Result, render_table, run_scenario
+from chaos_record import INVARIANTS, Result, render_table
+from chaoslib import run_scenario
 from cluster_scenarios import BY_NAME, CLUSTER_SCENARIOS, ClusterStack, LagAnswer, record
 
 pytestmark = pytest.mark.integration
