@@ -10,7 +10,6 @@ from itertools import count
 from pathlib import Path
 
 import pytest
-from certs import make_certs
 
 from pipeline.adapters.provisioner import GrpcProvisioner
 from pipeline.devtools.fake_provisioner import FakeProvisioner, Rule
@@ -312,11 +311,6 @@ async def test_admin_endpoint(client: GrpcProvisioner, fake: FakeProvisioner) ->
     assert [c["outcome"] for c in calls] == ["applied", "skipped"]
     assert await asyncio.to_thread(_http, "POST", f"{url}/reset", {}) == {"reset": True}
     assert fake.effects() == {}
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 async def test_mutual_tls(certs: Path) -> None:
