@@ -6,8 +6,6 @@ import contextlib
 import itertools
 import json
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +16,7 @@ from chaos_diagnose import _stalled, command_holes, diagnose_stuck
 from chaos_record import Check
 from chaos_run import ChaosRun
 from chaos_workload import MAX_ATTEMPTS, TERMINAL
-from harness import dedupe
+from harness import cli, dedupe
 from invariants import (
     CommandAt,
     budget_problems,
@@ -234,24 +232,9 @@ def check_i4(run: ChaosRun) -> Check:
     before = run.projected_state()
     # On a trimmed log (a retention scenario), I4 holds for the range the log still covers.
     covered = ["--covered-only"] if run.notes.get("log_trimmed") else []
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.ops.cli",
-            "replay",
-            "--from-beginning",
-            "--rebuild",
-            *covered,
-        ],
-        env=run.p.env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if done.returncode != 0:
-        return Check(False, f"replay --rebuild rc={done.returncode}: {done.stderr[-2000:]}")
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    code, report, err = replay(run.p.env(), "--from-beginning", "--rebuild", *covered)
+    if report is None:
+        return Check(False, f"replay --rebuild rc={code}: {err}")
     after = run.projected_state()
     problems += [f"rebuild: {p}" for p in oracle_differences(oracle, *oracle_state(run))]
     if report.get("rows_differing") != 0 or not report.get("committed"):
@@ -280,6 +263,14 @@ def check_i4(run: ChaosRun) -> Check:
         f" {len(oracle[0])} rows and {len(oracle[1])} audit rows and each other"
         f" ({len(before[0])} rows, {len(before[1])} audit rows; projector rc={rc})",
     )
+
+
+def replay(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any] | None, str]:
+    """``pipeline replay``: (exit code, its JSON report or None, the end of its stderr)."""
+    done = cli("replay", *args, env=env, timeout=300)
+    if done.returncode == 0:  # stderr holds only progress log lines then
+        return 0, json.loads(done.stdout.strip().splitlines()[-1]), ""
+    return done.returncode, None, done.stderr[-2000:]
 
 
 def check_processed(run: ChaosRun) -> Check:

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 from chaos_run import ChaosRun
-from chaos_services import RawMessage
+from harness import RawMessage
 
 from pipeline.domain.errors import PipelineError
 

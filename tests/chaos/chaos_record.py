@@ -170,3 +170,11 @@ def render_table(results: list[Result], title: str = "chaos") -> Any:
             f"{row['seconds'] / row['iterations']:.0f}",
         )
     return table
+
+
+def print_table(results: list[Result], title: str, width: int = 140) -> None:
+    """The table of a test module's runs, printed at its end (nothing when none ran)."""
+    if results:
+        from rich.console import Console
+
+        Console(width=width).print(render_table(results, title))

@@ -19,22 +19,16 @@ from typing import Any
 import orjson
 import psycopg
 from chaos_record import Check, Fault, Result, ScenarioError
-from chaos_services import (
-    RawMessage,
-    Stack,
-    _commit_zero,
-    _delete_topics,
-    _produce,
-    _read_raw,
-)
+from chaos_services import Stack, _commit_zero, _delete_topics, _produce
 from chaos_workload import MAX_ATTEMPTS, PATHS, RULES, PathSpec, Workload, seed_workload
-from harness import RESTART_ME, Pipeline
+from harness import RESTART_ME, Pipeline, RawMessage, read_raw
 from invariants import Window
 from psycopg.types.json import Jsonb
 
 from pipeline.components.lag import LagReport, measure, pipeline_sources
 from pipeline.devtools.fake_provisioner import FakeProvisioner
 from pipeline.domain.errors import PipelineError
+from pipeline.runtime.config import Config
 
 BACKOFF_SCALE = 0.0001  # 1m -> 6 ms; the 5-attempt schedule takes about 0.3 s
 PARTITIONS = 3
@@ -80,6 +74,11 @@ class ChaosRun:
         self.result = Result(scenario.name, seed, logdir=str(logdir))
         self.dbname = f"chaos_{uuid.uuid4().hex[:10]}"
         self.prefix = f"c-{uuid.uuid4().hex[:8]}-"
+        names = Config(topic_prefix=self.prefix)  # the names the components derive from it
+        self.commands_topic = names.commands_topic
+        self.outcomes_topic = names.outcomes_topic
+        self.processor_group = names.processor_group
+        self.projection = names.projection_name
         self.provisioner = FakeProvisioner(RULES, seed=seed)
         self.workload = Workload()
         self.pipeline: Pipeline | None = None
@@ -93,22 +92,6 @@ class ChaosRun:
     def p(self) -> Pipeline:
         assert self.pipeline is not None
         return self.pipeline
-
-    @property
-    def commands_topic(self) -> str:
-        return f"{self.prefix}propagations"
-
-    @property
-    def outcomes_topic(self) -> str:
-        return f"{self.prefix}propagation-outcomes"
-
-    @property
-    def processor_group(self) -> str:
-        return f"{self.prefix}propagation-processor"
-
-    @property
-    def projection(self) -> str:
-        return f"{self.prefix}propagation-projection"
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.t0, 2)
@@ -245,14 +228,8 @@ class ChaosRun:
 
     def terminal_fraction(self) -> float:
         ids = list(self.workload.expected)
-        with psycopg.connect(self.p.database_url) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pending_propagations WHERE id = ANY(%s)"
-                " AND (applied_at IS NOT NULL OR failed_at IS NOT NULL)",
-                (ids,),
-            ).fetchone()
-        assert row is not None
-        return int(row[0]) / max(1, len(ids))
+        ended = self.p.count(ids, "applied_at IS NOT NULL OR failed_at IS NOT NULL")
+        return ended / max(1, len(ids))
 
     def wait_progress(self, fraction: float, timeout: float = 120) -> None:
         self.wait_for(
@@ -305,7 +282,7 @@ class ChaosRun:
         return asyncio.run(_produce(self.stack.kafka.bootstrap, topic, messages))
 
     def read_raw(self, topic: str) -> list[RawMessage]:
-        return asyncio.run(_read_raw(self.stack.kafka.bootstrap, topic))
+        return asyncio.run(read_raw(self.stack.kafka.bootstrap, topic))
 
     def lag(self) -> LagReport:
         return asyncio.run(

@@ -84,17 +84,6 @@ def _commands_for(run: ChaosRun, ids: list[int]) -> int:
     return n
 
 
-def _stamped(run: ChaosRun, ids: list[int]) -> int:
-    with psycopg.connect(run.p.database_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pending_propagations WHERE id = ANY(%s)"
-            " AND published_attempt >= 1",
-            (ids,),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 def _published_unstamped(run: ChaosRun, conn: psycopg.Connection[Any]) -> int:
     """Open rows whose next attempt is on the log but not stamped as published."""
     on_log = set()
@@ -120,7 +109,7 @@ def sigkill_relay(run: ChaosRun) -> None:
         )
     )
     rc = run.stop_component("relay", signal.SIGKILL, expect_running=False)
-    stamped = _stamped(run, ids)
+    stamped = run.p.count(ids, "published_attempt >= 1")
     on_log = _commands_for(run, ids)
     run.fault(
         "SIGKILL relay while publishing",
@@ -517,16 +506,23 @@ BAD_OUTBOX = (
 BAD_BASE = 1_000_000_000  # propagation ids of hand-made commands: no such row
 
 
-def _command(pid: int, **over: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "schema": COMMAND_SCHEMA,
-        "event_id": command_event_id(pid, 1),
+def _about(pid: int) -> dict[str, Any]:
+    """What a hand-made command and outcome both name: attempt 1 of propagation ``pid``."""
+    return {
         "propagation_id": pid,
         "kind": "tier_elevation",
         "attempt": 1,
         "team_id": "team-bad",
         "resource_type": "postgres",
         "resource_id": f"bad-{pid}",
+    }
+
+
+def _command(pid: int, **over: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "schema": COMMAND_SCHEMA,
+        "event_id": command_event_id(pid, 1),
+        **_about(pid),
         "payload": {"target_tier": "pro"},
         "timestamp": iso(utcnow()),
     }
@@ -539,12 +535,7 @@ def _outcome(pid: int, **over: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "schema": OUTCOME_SCHEMA,
         "event_id": str(uuid.uuid4()),
-        "propagation_id": pid,
-        "kind": "tier_elevation",
-        "attempt": 1,
-        "team_id": "team-bad",
-        "resource_type": "postgres",
-        "resource_id": f"bad-{pid}",
+        **_about(pid),
         "timestamp": now,
         "outcome": "applied",
         "audit_kind": "propagation.applied",

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -37,26 +36,21 @@ class Stack:
             self.postgres.start()
 
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.kafka.stop()
-        with contextlib.suppress(Exception):
-            self.postgres.stop()
-        with contextlib.suppress(Exception):
-            self.postgres.remove_files()
+        for step in (self.stop_kafka, self.postgres.stop, self.postgres.remove_files):
+            with contextlib.suppress(Exception):
+                step()
+
+    def stop_kafka(self) -> None:
+        self.kafka.stop()
+
+    def kafka_logs(self) -> list[tuple[str, Path]]:
+        return [("kafka broker", self.kafka.log_path)]
 
     def logs(self, tail: int = 40) -> str:
-        return (
-            f"--- kafka broker ({self.kafka.log_path})\n{procs.tail(self.kafka.log_path, tail)}\n"
-            f"--- postgres ({self.postgres.log_path})\n{procs.tail(self.postgres.log_path, tail)}"
+        return "\n".join(
+            f"--- {name} ({path})\n{procs.tail(path, tail)}"
+            for name, path in [*self.kafka_logs(), ("postgres", self.postgres.log_path)]
         )
-
-
-@dataclass(frozen=True)
-class RawMessage:
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 async def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> int:
@@ -70,31 +64,6 @@ async def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None
         return sum(1 for md in acked if md.offset >= 0)
     finally:
         await producer.stop()
-
-
-async def _read_raw(bootstrap: str, topic: str) -> list[RawMessage]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=4 << 20
-    )
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[RawMessage] = []
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            for tp, msgs in (await consumer.getmany(timeout_ms=500)).items():
-                out += [
-                    RawMessage(tp.partition, m.offset, m.key, m.value)
-                    for m in msgs
-                    if m.offset < ends[tp]
-                ]
-        return out
-    finally:
-        await consumer.stop()
 
 
 async def _commit_zero(bootstrap: str, group: str, topic: str) -> None:

@@ -44,6 +44,7 @@ lines around its command (the worker runs with ``PIPELINE_LOG_LEVEL=DEBUG``).
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import traceback
@@ -57,7 +58,7 @@ from chaos_checks import (
     check_i5,
     check_processed,
 )
-from chaos_record import Result, count_self_restarts
+from chaos_record import INVARIANTS, Result, count_self_restarts
 from chaos_run import ChaosRun, Scenario
 from chaos_services import Stack
 
@@ -115,3 +116,22 @@ def run_scenario(
         run.cleanup()
         d["total_s"] = run.elapsed()
     return res
+
+
+def run_fixed(stack: Stack, scenario: Scenario, workdir: Path) -> Result:
+    """A CI run: the scenario's fixed seed (``CHAOS_SEED`` overrides it), a failed run's logs
+    kept under ``CHAOS_KEEP_FAILED``; the report is printed."""
+    seed = int(os.environ.get("CHAOS_SEED", scenario.seed))
+    keep = Path(os.environ.get("CHAOS_KEEP_FAILED", "/tmp/pipeline-chaos-failures"))
+    result = run_scenario(stack, scenario, workdir, seed=seed, keep_failed=keep)
+    print(result.report())
+    return result
+
+
+def assert_kept(result: Result) -> None:
+    """The run did not break, every invariant held and every scenario check passed."""
+    assert result.error is None, result.report()
+    failed = [i for i in INVARIANTS if not result.invariants[i].ok]
+    assert not failed, f"invariants {failed} failed\n{result.report()}"
+    failed = [n for n, c in result.checks.items() if not c.ok]
+    assert not failed, f"scenario checks {failed} failed\n{result.report()}"

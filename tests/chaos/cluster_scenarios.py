@@ -17,7 +17,6 @@ import contextlib
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from chaos_record import ScenarioError, count_self_restarts
 from chaos_run import ChaosRun, Scenario
 from chaos_services import Stack, port_refused
 from chaos_workload import PathSpec
+from harness import cli
 from psycopg.types.json import Jsonb
 
 from pipeline.devtools.stack import procs
@@ -102,22 +102,13 @@ class ClusterStack(Stack):
         self.cluster.start(timeout=180)
         self.kafka = ClusterKafka(self.cluster)
 
-    def stop(self) -> None:
+    def stop_kafka(self) -> None:
         if self.cluster is not None:
-            with contextlib.suppress(Exception):
-                self.cluster.kill()
-        with contextlib.suppress(Exception):
-            self.postgres.stop()
-        with contextlib.suppress(Exception):
-            self.postgres.remove_files()
+            self.cluster.kill()
 
-    def logs(self, tail: int = 40) -> str:
-        out = [
-            f"--- postgres ({self.postgres.log_path})\n{procs.tail(self.postgres.log_path, tail)}"
-        ]
-        for n in self.cluster.nodes if self.cluster else []:
-            out.append(f"--- kafka node {n.node_id} ({n.log_path})\n{procs.tail(n.log_path, tail)}")
-        return "\n".join(out)
+    def kafka_logs(self) -> list[tuple[str, Path]]:
+        nodes = self.cluster.nodes if self.cluster is not None else []
+        return [(f"kafka node {n.node_id}", n.log_path) for n in nodes]
 
 
 def _cluster(run: ChaosRun) -> KafkaCluster:
@@ -205,14 +196,7 @@ class FaultWatch:
             self.lag_answers.append(self._in_process())
             started = time.monotonic()
             try:
-                res = subprocess.run(
-                    [sys.executable, "-m", "pipeline.ops.cli", "lag", "--json"],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                    check=False,
-                )
+                res = cli("lag", "--json", env=env, timeout=120)
             except subprocess.TimeoutExpired:
                 self.cli_answers.append(LagAnswer(120.0, -1, True))
                 continue
