@@ -618,19 +618,17 @@ def bad_input_checks(run: ChaosRun) -> None:
 
     # workload rows: invalid (6) + badempty (3) + badtype (3) fail validation; badbig (2)
     want_worker = {"bad_json": 2.0, "empty": 1.0, "schema_violation": 17.0, "oversized": 4.0}
-    got_worker = invalid("worker", run.commands_topic)
-    run.check(
-        "worker_counted_invalid",
-        got_worker == want_worker,
-        f"worker counted {got_worker}, expected {want_worker}",
-    )
     want_proj = {"bad_json": 1.0, "empty": 1.0, "schema_violation": 4.0, "oversized": 1.0}
-    got_proj = invalid("projector", run.outcomes_topic)
-    run.check(
-        "projector_counted_invalid",
-        got_proj == want_proj,
-        f"projector counted {got_proj}, expected {want_proj}",
-    )
+    for component, topic, want in (
+        ("worker", run.commands_topic, want_worker),
+        ("projector", run.outcomes_topic, want_proj),
+    ):
+        got = invalid(component, topic)
+        run.check(
+            f"{component}_counted_invalid",
+            got == want,
+            f"{component} counted {got}, expected {want}",
+        )
     with psycopg.connect(run.p.database_url) as conn:
         audit = conn.execute(
             "SELECT outcome FROM propagation_audit WHERE propagation_id = %s", (p + 11,)

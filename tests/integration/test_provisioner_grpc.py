@@ -109,26 +109,21 @@ async def test_transient_errors_are_retried_within_the_call(
     assert len(fake.effects()["k-flaky"]) == 1
 
 
-async def test_persistent_unavailable_is_a_retryable_failure(
-    client: GrpcProvisioner, fake: FakeProvisioner
+# A persistent UNAVAILABLE is a retryable failure after every try; INVALID_ARGUMENT is not retried.
+@pytest.mark.parametrize(
+    ("code", "retryable", "tries"), [("UNAVAILABLE", True, 3), ("INVALID_ARGUMENT", False, 1)]
+)
+async def test_a_persistent_error_fails_the_call_retryable_by_its_code(
+    client: GrpcProvisioner, fake: FakeProvisioner, code: str, retryable: bool, tries: int
 ) -> None:
-    fake.set_rules([Rule(action="error", code="UNAVAILABLE")])
-    result = await _regrade(client, "k-down", _rid())
+    key = f"k-{code.lower()}"
+    fake.set_rules([Rule(action="error", code=code)])
+    result = await _regrade(client, key, _rid())
     assert isinstance(result, CallFailed)
-    assert (result.code, result.retryable) == ("UNAVAILABLE", True)
-    assert len(fake.calls()) == 3  # tries
+    assert (result.code, result.retryable) == (code, retryable)
+    assert key in result.message
+    assert len(fake.calls()) == tries
     assert fake.applied_keys() == set()
-
-
-async def test_invalid_argument_is_not_retried(
-    client: GrpcProvisioner, fake: FakeProvisioner
-) -> None:
-    fake.set_rules([Rule(action="error", code="INVALID_ARGUMENT")])
-    result = await _regrade(client, "k-invalid", _rid())
-    assert isinstance(result, CallFailed)
-    assert (result.code, result.retryable) == ("INVALID_ARGUMENT", False)
-    assert "k-invalid" in result.message
-    assert len(fake.calls()) == 1
 
 
 async def test_deadline_exceeded(fake: FakeProvisioner) -> None:
