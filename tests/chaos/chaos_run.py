@@ -275,6 +275,10 @@ class ChaosRun:
             conn.commit()
         return ids
 
+    def keep_busy(self, n: int = 150, spread_s: float = 6.0) -> list[int]:
+        """Rows coming due throughout the fault, so it hits a pipeline at work."""
+        return self.enqueue_burst(f"busy{len(self.result.faults)}", n, spread_s=spread_s)
+
     # -- Kafka and Postgres helpers ------------------------------------------------------------
 
     def produce(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> int:
