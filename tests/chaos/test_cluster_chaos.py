@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from chaos_record import Result, print_table
 from chaoslib import assert_kept, run_fixed
-from cluster_scenarios import BY_NAME, CLUSTER_SCENARIOS, ClusterStack, LagAnswer, record
+from cluster_scenarios import BY_NAME, CLUSTER_SCENARIOS, ClusterStack
+from cluster_watch import LagAnswer, record
 
 pytestmark = pytest.mark.integration
 
