@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -22,6 +23,7 @@ from pipeline.devtools.stack.postgres import ExternalPostgres, PostgresCluster
 _SERVICE_LOGS: dict[str, Path] = {}
 _LOG_TAIL_LINES = 60
 _SERVICE_TEST_DIRS = ("integration", "acceptance")
+_S = TypeVar("_S", KafkaBroker, PostgresCluster)
 
 
 @pytest.fixture(scope="session")
@@ -34,13 +36,9 @@ def stack_cache_dir() -> Path:
 def kafka_broker(
     tmp_path_factory: pytest.TempPathFactory, stack_cache_dir: Path
 ) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), stack_cache_dir)
-    _SERVICE_LOGS["kafka broker"] = broker.log_path
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
+    yield from _running(
+        "kafka broker", KafkaBroker(tmp_path_factory.mktemp("kafka"), stack_cache_dir)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -52,14 +50,21 @@ def postgres(
         yield ExternalPostgres(external)
         return
     cluster = PostgresCluster(tmp_path_factory.mktemp("postgres"))
-    _SERVICE_LOGS["postgres"] = cluster.log_path
-    cluster.start()
     try:
-        yield cluster
+        yield from _running("postgres", cluster)
     finally:
-        cluster.stop()
         # Under root the cluster lives outside pytest's tmp dirs, which pytest would prune.
         cluster.remove_files()
+
+
+def _running(name: str, service: _S) -> Iterator[_S]:
+    """Start a session service, name its log for the failure report, stop it at the end."""
+    _SERVICE_LOGS[name] = service.log_path
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
-"""The demo's workload: one path per way a propagation can end, and how to check each one.
+"""The outcome-path workload: one path per way a propagation can end, and how to check each one.
 
-Each path is a resource-id prefix. The fake provisioner's rules match on that prefix, so the
+``pipeline demo`` runs it, and the chaos suite (``tests/chaos/chaos_workload.py``) seeds the same
+paths under the same rules, with fixed counts and a few paths of its own. Each path is a
+resource-id prefix. The fake provisioner's rules match on that prefix, so the
 path decides what the provisioner answers, and the prefix lets an operator group the rows in
 Postgres by path (``split_part(resource_id, '-', 1)``) to check the summary by hand.
 Pure: no I/O here, so the expected counts and the comparison are easy to reason about.
@@ -26,7 +28,7 @@ UNKNOWN = "<unknown>"
 
 
 @dataclass(frozen=True, slots=True)
-class DemoPath:
+class OutcomePath:
     name: str  # also the resource_id prefix, so it must not contain '-'
     weight: int  # share of the workload, in percent
     terminal: str  # the one terminal outcome every propagation of the path must reach
@@ -39,11 +41,11 @@ class DemoPath:
 
 
 # Calls that fail for one whole attempt and one more: attempt 2 succeeds on its second call.
-_TRANSIENT_TIMES = CALL_TRIES_PER_ATTEMPT + 1
+TRANSIENT_TIMES = CALL_TRIES_PER_ATTEMPT + 1
 
-PATHS: tuple[DemoPath, ...] = (
-    DemoPath("applied", 38, "applied", 1, True, "applied at once"),
-    DemoPath(
+PATHS: tuple[OutcomePath, ...] = (
+    OutcomePath("ok", 38, "applied", 1, True, "applied at once"),
+    OutcomePath(
         "allowed",
         10,
         "applied",
@@ -52,7 +54,7 @@ PATHS: tuple[DemoPath, ...] = (
         "allowed skip (already at target tier)",
         Rule(match="allowed-*", action="skip", reason="Already at target tier"),
     ),
-    DemoPath(
+    OutcomePath(
         "flakyskip",
         10,
         "applied",
@@ -61,7 +63,7 @@ PATHS: tuple[DemoPath, ...] = (
         "unexpected skip twice, then applied",
         Rule(match="flakyskip-*", action="skip", reason="postgres-admin secret missing", times=2),
     ),
-    DemoPath(
+    OutcomePath(
         "deadskip",
         4,
         "dead_lettered",
@@ -70,16 +72,16 @@ PATHS: tuple[DemoPath, ...] = (
         "unexpected skip until dead-lettered",
         Rule(match="deadskip-*", action="skip", reason="namespace team-x not found"),
     ),
-    DemoPath(
+    OutcomePath(
         "transient",
         16,
         "applied",
         2,
         True,
         "transient gRPC errors (UNAVAILABLE), then applied",
-        Rule(match="transient-*", action="error", code="UNAVAILABLE", times=_TRANSIENT_TIMES),
+        Rule(match="transient-*", action="error", code="UNAVAILABLE", times=TRANSIENT_TIMES),
     ),
-    DemoPath(
+    OutcomePath(
         "ambiguous",
         6,
         "applied",
@@ -88,16 +90,16 @@ PATHS: tuple[DemoPath, ...] = (
         "applied but the reply was lost; the retry sees it applied",
         Rule(match="ambiguous-*", action="apply_then_error", code="UNAVAILABLE", times=1),
     ),
-    DemoPath(
-        "permanent",
+    OutcomePath(
+        "perm",
         4,
         "dead_lettered",
         None,
         False,
         "permanent failure (FAILED_PRECONDITION) until dead-lettered",
-        Rule(match="permanent-*", action="error", code="FAILED_PRECONDITION"),
+        Rule(match="perm-*", action="error", code="FAILED_PRECONDITION"),
     ),
-    DemoPath(
+    OutcomePath(
         "unknown",
         6,
         "unknown_kind_dead_lettered",
@@ -106,7 +108,7 @@ PATHS: tuple[DemoPath, ...] = (
         "kind added to the enum after the worker started",
         unknown_kind=True,
     ),
-    DemoPath(
+    OutcomePath(
         "invalid", 6, "dead_lettered", 1, False, "invalid payload, written by SQL", invalid=True
     ),
 )
@@ -116,8 +118,13 @@ BASELINE_RULE = Rule(action="ok", latency_ms=2)
 MIN_COUNT = len(PATHS)
 
 
+def path_rules() -> list[Rule]:
+    """The rules that make each path end as it must (chaos runs them without the baseline)."""
+    return [p.rule for p in PATHS if p.rule is not None]
+
+
 def provisioner_rules() -> list[Rule]:
-    return [p.rule for p in PATHS if p.rule is not None] + [BASELINE_RULE]
+    return [*path_rules(), BASELINE_RULE]
 
 
 def counts(total: int) -> dict[str, int]:
@@ -169,7 +176,7 @@ def plan(total: int, seed: int = 7) -> list[PlannedRow]:
 
 @dataclass(frozen=True, slots=True)
 class PathResult:
-    path: DemoPath
+    path: OutcomePath
     enqueued: int
     attempts: int  # what each row must show
     in_postgres: int  # rows in the expected terminal state with the expected attempts

@@ -15,15 +15,14 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
 from itertools import pairwise
 from typing import Any
 
 import psycopg
-from chaoslib import BACKOFF_SCALE, MAX_ATTEMPTS, PARTITIONS, ChaosRun, Scenario
+from chaos_checks import replay
+from chaos_run import BACKOFF_SCALE, PARTITIONS, ChaosRun, Scenario
+from chaos_workload import MAX_ATTEMPTS
 from harness import Pipeline
 from trimlog import first_positions, trim
 
@@ -67,19 +66,6 @@ def changed(before: tuple[Any, Any], after: tuple[Any, Any]) -> str:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def replay(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any] | None, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline.ops.cli", "replay", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if done.returncode == 0:  # stderr holds only progress log lines then
-        return 0, json.loads(done.stdout.strip().splitlines()[-1]), ""
-    return done.returncode, None, done.stderr[-1500:]
 
 
 def terminal_rows(run: ChaosRun) -> Rows:

@@ -25,8 +25,10 @@ _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE.parent / "integration"))  # harness.py
 
 import orjson  # noqa: E402
+from chaos_record import Result, render_table  # noqa: E402
 from chaos_scenarios import BY_NAME, SCENARIOS  # noqa: E402
-from chaoslib import Result, Stack, render_table, run_scenario  # noqa: E402
+from chaos_services import Stack  # noqa: E402
+from chaoslib import run_scenario  # noqa: E402
 from cluster_scenarios import BY_NAME as CLUSTER_BY_NAME  # noqa: E402
 from cluster_scenarios import CLUSTER_SCENARIOS, ClusterStack  # noqa: E402
 from rich.console import Console  # noqa: E402

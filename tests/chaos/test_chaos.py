@@ -7,21 +7,15 @@ same scenarios at random for a given time (``tests/chaos/soak.py``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from chaos_record import Result, count_self_restarts, print_table
 from chaos_scenarios import BY_NAME, SCENARIOS
-from chaoslib import (
-    INVARIANTS,
-    Result,
-    Stack,
-    count_self_restarts,
-    render_table,
-    run_scenario,
-    unlanded,
-)
+from chaos_services import Stack
+from chaoslib import assert_kept, run_fixed
+from invariants import unlanded
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +30,7 @@ def chaos_stack(tmp_path_factory: pytest.TempPathFactory, stack_cache_dir: Path)
         yield stack
     finally:
         stack.stop()
-        if _RESULTS:
-            from rich.console import Console
-
-            Console(width=140).print(render_table(_RESULTS, "chaos (fixed seeds)"))
+        print_table(_RESULTS, "chaos (fixed seeds)")
 
 
 def test_self_restarts_are_counted_from_worker_logs(tmp_path: Path) -> None:
@@ -74,14 +65,7 @@ def test_catalogue_covers_the_faults() -> None:
 
 @pytest.mark.parametrize("name", [s.name for s in SCENARIOS])
 def test_scenario_keeps_the_invariants(chaos_stack: Stack, tmp_path: Path, name: str) -> None:
-    seed = int(os.environ.get("CHAOS_SEED", BY_NAME[name].seed))
-    keep = Path(os.environ.get("CHAOS_KEEP_FAILED", "/tmp/pipeline-chaos-failures"))
-    result = run_scenario(chaos_stack, BY_NAME[name], tmp_path, seed=seed, keep_failed=keep)
+    result = run_fixed(chaos_stack, BY_NAME[name], tmp_path)
     _RESULTS.append(result)
-    print(result.report())
-    assert result.error is None, result.report()
     assert not unlanded(result.faults), f"faults did not land\n{result.report()}"
-    failed = [i for i in INVARIANTS if not result.invariants[i].ok]
-    assert not failed, f"invariants {failed} failed\n{result.report()}"
-    failed = [n for n, c in result.checks.items() if not c.ok]
-    assert not failed, f"scenario checks {failed} failed\n{result.report()}"
+    assert_kept(result)

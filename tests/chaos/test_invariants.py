@@ -17,7 +17,8 @@ from typing import Any
 
 import grpc
 import pytest
-from chaoslib import MAX_ATTEMPTS, PATHS, Fault, PathSpec, unlanded
+from chaos_record import INVARIANTS, Check, Fault, Result
+from chaos_workload import MAX_ATTEMPTS, PATHS, PathSpec
 from invariants import (
     CommandAt,
     ExpectedRow,
@@ -27,6 +28,7 @@ from invariants import (
     oracle_differences,
     oracle_fold,
     provisioner_order,
+    unlanded,
     unprocessed,
     window_allowances,
 )
@@ -309,8 +311,6 @@ def test_faults_must_prove_they_landed() -> None:
 
 
 def test_a_result_with_an_unlanded_fault_is_not_ok() -> None:
-    from chaoslib import INVARIANTS, Check, Result
-
     res = Result("s", 1, invariants={i: Check(True, "") for i in INVARIANTS})
     res.faults = [Fault("f", 0.0, landed=True, proof="p")]
     assert res.ok

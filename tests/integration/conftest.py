@@ -5,10 +5,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from certs import make_certs
 from harness import Pipeline
 
 from pipeline.devtools.fake_provisioner import FakeProvisioner
 from pipeline.devtools.stack.kafka import KafkaBroker
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, server and client certificates: one set for every TLS test (gRPC and Kafka)."""
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from harness import stop_process, wait_http
 
 from pipeline.devtools.stack.procs import free_port
 
@@ -44,29 +45,13 @@ class Console:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"pipeline ui exited {self.proc.returncode}\n{self.log()}")
-            try:
-                urllib.request.urlopen(self.url + "/healthz", timeout=2).read()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"pipeline ui never came up\n{self.log()}") from None
-                time.sleep(0.2)
+        wait_http(self.url + "/healthz", self.proc, "pipeline ui", self.log)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 class Client:

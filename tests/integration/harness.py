@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,63 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.devtools.stack.procs import free_port
+from pipeline.runtime.exit_codes import ExitCode
 from pipeline.store.migrate import migrate
 
 COMPONENTS = {"relay": "relay", "worker": "worker", "projector": "project"}
-# The worker's exit code when it gives up a stalled faust recovery and asks for a restart.
-RESTART_ME = 3
+# The exit code of a component that asks its supervisor for a restart (a stalled recovery,
+# an offset gap): the harness restarts it, as `pipeline run` would.
+RESTART_ME = ExitCode.RESTART
 # Extra processes of a component (a second worker joining the group, say).
 EXTRA = {"worker2": "worker"}
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_http(
+    url: str, proc: subprocess.Popen[bytes], what: str, log: Callable[[], str], timeout: float = 60
+) -> None:
+    """Until ``url`` answers with success; fails at once when ``proc`` (the server) exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"{what} exited {proc.returncode}\n{log()}"
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:  # refused, or an HTTP error status (not ready yet)
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{what} did not answer {url} in {timeout}s\n{log()}"
+                ) from None
+            time.sleep(0.2)
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without any PIPELINE_ setting: a test sets its own."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+
+
+def cli(
+    *args: str, env: dict[str, str], timeout: float = 60, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``pipeline <args>`` as an operator runs it: its own interpreter, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.ops.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
 
 
 @dataclass
@@ -47,7 +98,7 @@ class Pipeline:
     component_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+        env = clean_env()
         env.update(
             PIPELINE_DATABASE_URL=self.database_url,
             PIPELINE_KAFKA_BOOTSTRAP=self.bootstrap,
@@ -88,14 +139,7 @@ class Pipeline:
 
     def stop(self) -> None:
         for name in list(self.procs):
-            proc = self.procs.pop(name)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(self.procs.pop(name))
 
     def supervise(self) -> None:
         """Restart a component that exited asking for it, as a process supervisor would."""
@@ -165,6 +209,24 @@ class Pipeline:
         assert row is not None
         return int(row[0])
 
+    def count(self, ids: list[int], condition: str) -> int:
+        """How many of the propagations ``ids`` meet the SQL ``condition``."""
+        with psycopg.connect(self.database_url) as conn:
+            row = conn.execute(
+                f"SELECT count(*) FROM pending_propagations WHERE id = ANY(%s) AND ({condition})",
+                (ids,),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def wait_count_terminal(self, at_least: int, timeout: float = 180) -> None:
+        """Until ``at_least`` rows are terminal: a fault timed to land midway."""
+        deadline = time.monotonic() + timeout
+        while self.count_terminal() < at_least:
+            assert time.monotonic() < deadline, self.logs()
+            self.assert_running()
+            time.sleep(0.05)
+
     def rows(self) -> dict[int, dict[str, Any]]:
         with psycopg.connect(self.database_url) as conn:
             cur = conn.execute("SELECT * FROM pending_propagations ORDER BY id")
@@ -179,33 +241,52 @@ class Pipeline:
         return asyncio.run(read_topic(self.bootstrap, f"{self.prefix}propagations"))
 
 
-async def read_topic(bootstrap: str, topic: str) -> dict[int, list[dict[str, Any]]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+@dataclass(frozen=True)
+class RawMessage:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+async def read_raw(bootstrap: str, topic: str) -> list[RawMessage]:
+    """Every record of ``topic`` up to its end offsets when the read starts, in log order."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=4 << 20
+    )
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic)
-        if parts is None:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        out: list[RawMessage] = []
         while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(timeout_ms=500)
-            for _tp, msgs in batch.items():
-                for m in msgs:
-                    try:
-                        doc = orjson.loads(m.value)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(doc, dict) and isinstance(doc.get("propagation_id"), int):
-                        doc["_partition"], doc["_offset"] = m.partition, m.offset
-                        out[doc["propagation_id"]].append(doc)
-        return dict(out)
+            for tp, msgs in (await consumer.getmany(timeout_ms=500)).items():
+                out += [
+                    RawMessage(tp.partition, m.offset, m.key, m.value)
+                    for m in msgs
+                    if m.offset < ends[tp]
+                ]
+        return out
     finally:
         await consumer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str) -> dict[int, list[dict[str, Any]]]:
+    """The JSON events of ``topic`` that name a propagation, per propagation, in log order."""
+    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for m in await read_raw(bootstrap, topic):
+        try:
+            doc = orjson.loads(m.value or b"")
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("propagation_id"), int):
+            doc["_partition"], doc["_offset"] = m.partition, m.offset
+            out[doc["propagation_id"]].append(doc)
+    return dict(out)
 
 
 def dedupe(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

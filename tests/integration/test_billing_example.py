@@ -6,14 +6,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 from harness import Pipeline
-from test_end_to_end import RULES, seed_workload
+from test_end_to_end import seeded
 
 from pipeline.devtools.fake_provisioner import FakeProvisioner
 
@@ -25,9 +24,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "billing_consumer.p
 def test_billing_consumer_counts_applied_elevations_exactly_once(
     make_pipeline: Callable[..., Pipeline], provisioner: FakeProvisioner, tmp_path: Path
 ) -> None:
-    provisioner.set_rules(RULES)
-    p = make_pipeline()
-    by_id, _ordered = seed_workload(p.database_url)
+    p, by_id, _ordered = seeded(make_pipeline, provisioner)
     cmd = [
         sys.executable,
         str(EXAMPLE),
@@ -45,11 +42,7 @@ def test_billing_consumer_counts_applied_elevations_exactly_once(
     p.start()
     consumer = start()
     for share in (3, 2):  # killed twice while outcomes are still arriving
-        deadline = time.monotonic() + 180
-        while p.count_terminal() < len(by_id) // share:
-            assert time.monotonic() < deadline, p.logs()
-            p.assert_running()
-            time.sleep(0.05)
+        p.wait_count_terminal(len(by_id) // share, timeout=180)
         assert consumer.poll() is None
         consumer.send_signal(signal.SIGKILL)
         consumer.wait(timeout=30)

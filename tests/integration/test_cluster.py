@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ import psycopg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from harness import Pipeline
+from harness import Pipeline, clean_env, cli
 
 from pipeline.devtools.fake_provisioner import FakeProvisioner, Rule
 from pipeline.devtools.stack.kafka_cluster import KafkaCluster
@@ -61,6 +59,23 @@ async def _described(bootstrap: str, prefix: str) -> dict[str, tuple[list[int], 
     return {n: ([len(p["replicas"]) for p in topics[n]["partitions"]], min_isr[n]) for n in names}
 
 
+@pytest.fixture
+def pipe(
+    cluster: KafkaCluster,
+    database_url: str,
+    topic_prefix: str,
+    provisioner: FakeProvisioner,
+    tmp_path: Path,
+) -> Iterator[Pipeline]:
+    """The pipeline on the cluster, migrated; its components stop when the test ends."""
+    p = Pipeline(database_url, cluster.bootstrap, str(provisioner.address), topic_prefix, tmp_path)
+    p.migrate()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
 def _enqueue(url: str, n: int) -> list[int]:
     with psycopg.connect(url) as conn:
         ids = [
@@ -75,39 +90,33 @@ def test_every_topic_the_pipeline_creates_has_factor_3_and_min_isr_2(
     cluster: KafkaCluster,
     database_url: str,
     topic_prefix: str,
-    provisioner: FakeProvisioner,
-    tmp_path: Path,
+    pipe: Pipeline,
 ) -> None:
-    p = Pipeline(database_url, cluster.bootstrap, str(provisioner.address), topic_prefix, tmp_path)
-    p.migrate()
-    try:
-        p.start()
-        ids = _enqueue(database_url, 30)
-        rows = p.wait_terminal(ids, timeout=240)
-        assert all(rows[i]["applied_at"] is not None for i in ids)
-        described = asyncio.run(_described(cluster.bootstrap, topic_prefix))
-        group = f"{topic_prefix}propagation-processor"
-        assert set(described) == {
-            f"{topic_prefix}propagations",
-            f"{topic_prefix}propagation-outcomes",
-            f"{group}-processed-attempts-changelog",
-            f"{group}-__assignor-__leader",
-        }
-        for name, (replicas, min_isr) in described.items():
-            assert set(replicas) == {3}, name
-            assert min_isr == "2", name
-        for component, topic in (("relay", "propagations"), ("worker", "propagations")):
-            assert p.metric(component, GAUGE, {"topic": f"{topic_prefix}{topic}"}) == 0
-        p.assert_running()
-    finally:
-        p.stop()
+    pipe.start()
+    ids = _enqueue(database_url, 30)
+    rows = pipe.wait_terminal(ids, timeout=240)
+    assert all(rows[i]["applied_at"] is not None for i in ids)
+    described = asyncio.run(_described(cluster.bootstrap, topic_prefix))
+    group = f"{topic_prefix}propagation-processor"
+    assert set(described) == {
+        f"{topic_prefix}propagations",
+        f"{topic_prefix}propagation-outcomes",
+        f"{group}-processed-attempts-changelog",
+        f"{group}-__assignor-__leader",
+    }
+    for name, (replicas, min_isr) in described.items():
+        assert set(replicas) == {3}, name
+        assert min_isr == "2", name
+    for component, topic in (("relay", "propagations"), ("worker", "propagations")):
+        assert pipe.metric(component, GAUGE, {"topic": f"{topic_prefix}{topic}"}) == 0
+    pipe.assert_running()
 
 
 def test_a_topic_below_the_configured_replication_is_reported(
     cluster: KafkaCluster,
     database_url: str,
     topic_prefix: str,
-    provisioner: FakeProvisioner,
+    pipe: Pipeline,
     tmp_path: Path,
 ) -> None:
     # The defect planted: the commands topic exists with factor 1 and min ISR 1.
@@ -124,21 +133,16 @@ def test_a_topic_below_the_configured_replication_is_reported(
             await admin.close()
 
     asyncio.run(plant())
-    p = Pipeline(database_url, cluster.bootstrap, str(provisioner.address), topic_prefix, tmp_path)
-    p.migrate()
-    try:
-        p.start("relay")
-        flagged = _wait_log_events(p, tmp_path / "relay.log", "topic_under_replicated")
-        assert p.metric("relay", GAUGE, {"topic": commands}) == 1
-        assert p.metric("relay", GAUGE, {"topic": f"{topic_prefix}propagation-outcomes"}) == 0
-        assert [(x["topic"], x["factor"], x["min_insync_replicas"]) for x in flagged] == [
-            (commands, 1, 1)
-        ]
-        status = _cli(p.env(), "status", "--json")
-        doc = json.loads(status.stdout)
-        assert [t["topic"] for t in doc["kafka"]["under_replicated"]] == [commands]
-    finally:
-        p.stop()
+    pipe.start("relay")
+    flagged = _wait_log_events(pipe, tmp_path / "relay.log", "topic_under_replicated")
+    assert pipe.metric("relay", GAUGE, {"topic": commands}) == 1
+    assert pipe.metric("relay", GAUGE, {"topic": f"{topic_prefix}propagation-outcomes"}) == 0
+    assert [(x["topic"], x["factor"], x["min_insync_replicas"]) for x in flagged] == [
+        (commands, 1, 1)
+    ]
+    status = cli("status", "--json", env=pipe.env(), timeout=120)
+    doc = json.loads(status.stdout)
+    assert [t["topic"] for t in doc["kafka"]["under_replicated"]] == [commands]
 
 
 def _wait_log_events(p: Pipeline, log: Path, event: str, timeout: float = 90) -> list[Any]:
@@ -154,26 +158,14 @@ def _wait_log_events(p: Pipeline, log: Path, event: str, timeout: float = 90) ->
         time.sleep(0.2)
 
 
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.ops.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_dev_up_brokers_3_lists_every_broker_and_the_quorum_leader(
     tmp_path: Path, stack_cache_dir: Path
 ) -> None:
-    env: dict[str, Any] = {
-        k: v for k, v in __import__("os").environ.items() if not k.startswith("PIPELINE_")
-    }
+    env = clean_env()
     env["PIPELINE_STACK_CACHE"] = str(stack_cache_dir)
     state = tmp_path / f"dev-{uuid.uuid4().hex[:6]}"
-    up = _cli(env, "dev", "up", "--brokers", "3", "--state-dir", str(state), "--timeout", "180")
+    up_args = ("--brokers", "3", "--state-dir", str(state), "--timeout", "180")
+    up = cli("dev", "up", *up_args, env=env, timeout=120)
     try:
         assert up.returncode == 0, up.stderr
         exports = dict(
@@ -182,7 +174,7 @@ def test_dev_up_brokers_3_lists_every_broker_and_the_quorum_leader(
             if line.startswith("export ")
         )
         assert len(exports["PIPELINE_KAFKA_BOOTSTRAP"].split(",")) == 3
-        st = _cli(env, "dev", "status", "--state-dir", str(state))
+        st = cli("dev", "status", "--state-dir", str(state), env=env, timeout=120)
         assert st.returncode == 0, st.stderr
         rows = [line.split("\t") for line in st.stdout.splitlines() if "\t" in line]
         assert [r[0] for r in rows if r[0].startswith("kafka")] == ["kafka-1", "kafka-2", "kafka-3"]
@@ -193,38 +185,34 @@ def test_dev_up_brokers_3_lists_every_broker_and_the_quorum_leader(
             "kafka-2",
             "kafka-3",
         }
-        again = _cli(env, "dev", "up", "--brokers", "1", "--state-dir", str(state))
+        again = cli("dev", "up", "--brokers", "1", "--state-dir", str(state), env=env, timeout=120)
         assert again.returncode != 0 and "runs with 3 broker(s), not 1" in again.stderr
     finally:
-        _cli(env, "dev", "down", "--state-dir", str(state))
+        cli("dev", "down", "--state-dir", str(state), env=env, timeout=120)
 
 
 def test_status_and_lag_answer_with_a_broker_down(
     cluster: KafkaCluster,
     database_url: str,
     topic_prefix: str,
-    provisioner: FakeProvisioner,
-    tmp_path: Path,
+    pipe: Pipeline,
 ) -> None:
-    p = Pipeline(database_url, cluster.bootstrap, str(provisioner.address), topic_prefix, tmp_path)
-    p.migrate()
     down = cluster.node(2)
     try:
-        p.start()
+        pipe.start()
         ids = _enqueue(database_url, 10)
-        p.wait_terminal(ids, timeout=240)
+        pipe.wait_terminal(ids, timeout=240)
         down.kill(signal.SIGKILL)
         for command in ("status", "lag"):
             started = time.monotonic()
-            res = _cli(p.env(), command, "--json")
+            res = cli(command, "--json", env=pipe.env(), timeout=120)
             took = time.monotonic() - started
             print(f"pipeline {command} with broker 2 down: rc={res.returncode} in {took:.1f}s")
             assert res.returncode in (0, ExitCode.PARTIAL), res.stderr
             doc = json.loads(res.stdout)
             assert doc["partial"] is (res.returncode == ExitCode.PARTIAL)
-        p.assert_running()
+        pipe.assert_running()
     finally:
-        p.stop()
         if not down.running:
             down.launch()
             down.wait_ready(180)

@@ -106,6 +106,16 @@ def seed_workload(
     return by_id, ordered
 
 
+def seeded(
+    make_pipeline: Callable[..., Pipeline], provisioner: FakeProvisioner
+) -> tuple[Pipeline, dict[int, Path_], list[list[int]]]:
+    """A migrated pipeline (not started) with this module's rules and workload enqueued."""
+    provisioner.set_rules(RULES)
+    p = make_pipeline()
+    by_id, ordered = seed_workload(p.database_url)
+    return p, by_id, ordered
+
+
 # Rules that count calls per key ("times"): a killed worker's lost call still counts at the
 # provisioner, so after a crash these may need fewer attempts. Their terminal state may not.
 COUNTED = frozenset({"flakyskip", "transient", "ambiguous"})
@@ -157,9 +167,7 @@ def check_final_state(
 def test_every_path_reaches_its_one_terminal_state(
     make_pipeline: Callable[..., Pipeline], provisioner: FakeProvisioner
 ) -> None:
-    provisioner.set_rules(RULES)
-    p = make_pipeline()
-    by_id, ordered = seed_workload(p.database_url)
+    p, by_id, ordered = seeded(make_pipeline, provisioner)
     assert len(by_id) >= 300
     p.start()
     check_final_state(p, provisioner, by_id, ordered)
@@ -217,15 +225,9 @@ async def _topic_configs(bootstrap: str, topic: str) -> dict[str, str]:
 def test_sigkill_midway_changes_nothing(
     make_pipeline: Callable[..., Pipeline], provisioner: FakeProvisioner, victim: str
 ) -> None:
-    provisioner.set_rules(RULES)
-    p = make_pipeline()
-    by_id, ordered = seed_workload(p.database_url)
+    p, by_id, ordered = seeded(make_pipeline, provisioner)
     p.start()
-    deadline = time.monotonic() + 120
-    while p.count_terminal() < len(by_id) // 3:
-        assert time.monotonic() < deadline, p.logs()
-        p.assert_running()
-        time.sleep(0.05)
+    p.wait_count_terminal(len(by_id) // 3, timeout=120)
     p.signal(victim, signal.SIGKILL)
     time.sleep(1.0)
     p.start(victim)

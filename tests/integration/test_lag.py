@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
 import orjson
 import psycopg
 import pytest
-from harness import Pipeline
+from harness import Pipeline, cli
 
 from pipeline.components import lag
 from pipeline.devtools.stack.kafka import KafkaBroker
@@ -37,17 +35,6 @@ def enqueue_n(database_url: str, prefix: str, n: int) -> list[int]:
             )
             for i in range(n)
         ]
-
-
-def published(database_url: str, ids: list[int]) -> int:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pending_propagations"
-            " WHERE id = ANY(%s) AND published_attempt >= 1",
-            (ids,),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def wait_for(what: str, check: Callable[[], bool], p: Pipeline, timeout: float = 90) -> None:
@@ -88,7 +75,9 @@ def test_processor_lag_grows_by_exactly_the_unconsumed_commands(
     p.signal("worker", signal.SIGTERM)
     t0 = time.time()
     ids = enqueue_n(p.database_url, "late", N)
-    wait_for(f"the relay to publish {N} rows", lambda: published(p.database_url, ids) == N, p)
+    wait_for(
+        f"the relay to publish {N} rows", lambda: p.count(ids, "published_attempt >= 1") == N, p
+    )
 
     during = measure()
     assert during.total(group) == before.total(group) + N
@@ -105,14 +94,7 @@ def test_processor_lag_grows_by_exactly_the_unconsumed_commands(
 
     # The CLI prints the same figures for scripts.
     env = {**p.env(), "PIPELINE_LOG_LEVEL": "WARNING"}
-    out = subprocess.run(
-        [sys.executable, "-m", "pipeline.ops.cli", "lag", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    out = cli("lag", "--json", env=env, check=True)
     doc = orjson.loads(out.stdout)
     assert doc["groups"][group]["lag"] == N
     assert doc["groups"][projection]["lag"] == 0

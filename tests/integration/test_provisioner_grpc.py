@@ -10,7 +10,6 @@ from itertools import count
 from pathlib import Path
 
 import pytest
-from certs import make_certs
 
 from pipeline.adapters.provisioner import GrpcProvisioner
 from pipeline.devtools.fake_provisioner import FakeProvisioner, Rule
@@ -110,26 +109,21 @@ async def test_transient_errors_are_retried_within_the_call(
     assert len(fake.effects()["k-flaky"]) == 1
 
 
-async def test_persistent_unavailable_is_a_retryable_failure(
-    client: GrpcProvisioner, fake: FakeProvisioner
+# A persistent UNAVAILABLE is a retryable failure after every try; INVALID_ARGUMENT is not retried.
+@pytest.mark.parametrize(
+    ("code", "retryable", "tries"), [("UNAVAILABLE", True, 3), ("INVALID_ARGUMENT", False, 1)]
+)
+async def test_a_persistent_error_fails_the_call_retryable_by_its_code(
+    client: GrpcProvisioner, fake: FakeProvisioner, code: str, retryable: bool, tries: int
 ) -> None:
-    fake.set_rules([Rule(action="error", code="UNAVAILABLE")])
-    result = await _regrade(client, "k-down", _rid())
+    key = f"k-{code.lower()}"
+    fake.set_rules([Rule(action="error", code=code)])
+    result = await _regrade(client, key, _rid())
     assert isinstance(result, CallFailed)
-    assert (result.code, result.retryable) == ("UNAVAILABLE", True)
-    assert len(fake.calls()) == 3  # tries
+    assert (result.code, result.retryable) == (code, retryable)
+    assert key in result.message
+    assert len(fake.calls()) == tries
     assert fake.applied_keys() == set()
-
-
-async def test_invalid_argument_is_not_retried(
-    client: GrpcProvisioner, fake: FakeProvisioner
-) -> None:
-    fake.set_rules([Rule(action="error", code="INVALID_ARGUMENT")])
-    result = await _regrade(client, "k-invalid", _rid())
-    assert isinstance(result, CallFailed)
-    assert (result.code, result.retryable) == ("INVALID_ARGUMENT", False)
-    assert "k-invalid" in result.message
-    assert len(fake.calls()) == 1
 
 
 async def test_deadline_exceeded(fake: FakeProvisioner) -> None:
@@ -312,11 +306,6 @@ async def test_admin_endpoint(client: GrpcProvisioner, fake: FakeProvisioner) ->
     assert [c["outcome"] for c in calls] == ["applied", "skipped"]
     assert await asyncio.to_thread(_http, "POST", f"{url}/reset", {}) == {"reset": True}
     assert fake.effects() == {}
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 async def test_mutual_tls(certs: Path) -> None:

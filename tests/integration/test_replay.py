@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from harness import Pipeline
-from test_end_to_end import RULES, seed_workload
+from test_end_to_end import seeded
 
 from pipeline.devtools.fake_provisioner import FakeProvisioner
 
@@ -133,11 +133,9 @@ def kill_midway(p: Pipeline, *args: str) -> None:
 def test_projection_equals_replay(
     make_pipeline: Callable[..., Pipeline], provisioner: FakeProvisioner
 ) -> None:
-    provisioner.set_rules(RULES)
-    p = make_pipeline()
+    p, by_id, _ordered = seeded(make_pipeline, provisioner)
     url, projection = p.database_url, f"{p.prefix}propagation-projection"
     topic = f"{p.prefix}propagation-outcomes"
-    by_id, _ordered = seed_workload(url)
     p.start()
     p.wait_terminal(list(by_id), timeout=240)
     ends = wait_caught_up(p, topic)

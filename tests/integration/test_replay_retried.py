@@ -17,8 +17,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from factories import outcome_event
 
-from pipeline.domain.events import DeadLetterReason, Outcome, OutcomeEvent, iso, utcnow
+from pipeline.domain.events import DeadLetterReason, Outcome, iso, utcnow
 from pipeline.store import status as status_store
 from pipeline.store.migrate import migrate
 from pipeline.store.projection import Located, ProjectionStore
@@ -32,16 +33,12 @@ ROW = "attempts, applied_at, failed_at, last_outcome, next_attempt_at, published
 
 def _outcome(pid: int, attempt: int, outcome: Outcome, offset: int) -> Located:
     now = utcnow()
-    event = OutcomeEvent(
+    event = outcome_event(
+        pid,
+        attempt,
+        outcome,
         event_id=str(uuid.uuid4()),
-        propagation_id=pid,
-        kind="tier_elevation",
-        attempt=attempt,
-        team_id="t",
-        resource_type="postgres",
-        resource_id="r",
         timestamp=iso(now),
-        outcome=outcome,
         occurred_at=iso(now - timedelta(minutes=10 - attempt)),
         error="boom",
         next_attempt_at=iso(now - timedelta(minutes=9)) if outcome is Outcome.RETRYING else None,

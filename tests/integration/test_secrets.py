@@ -8,7 +8,7 @@ sentinels.
 
 from __future__ import annotations
 
-import os
+import functools
 import subprocess
 import sys
 import time
@@ -19,11 +19,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from certs import make_certs
-from harness import Pipeline
+from certs import sasl_env, sasl_ssl_broker
+from harness import Pipeline, clean_env, cli
 
 from pipeline.devtools.fake_provisioner import FakeProvisioner, Rule
-from pipeline.devtools.stack.kafka import BrokerSecurity, KafkaBroker
+from pipeline.devtools.stack.kafka import KafkaBroker
 from pipeline.store.outbox import enqueue
 
 pytestmark = pytest.mark.integration
@@ -32,12 +32,6 @@ SASL_SECRET = "sentinel-8f3c1e-hunter2"
 WRONG_SECRET = "sentinel-wrong-77e1d0-hunter2"
 PG_SECRET = "sentinel-pg-4a9d21-hunter2"
 SENTINELS = (SASL_SECRET, WRONG_SECRET, PG_SECRET)
-USER = "pipeline-svc"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_certs(tmp_path_factory.mktemp("secret-certs"))
 
 
 @pytest.fixture(scope="module")
@@ -45,48 +39,17 @@ def sasl_broker(
     tmp_path_factory: pytest.TempPathFactory, stack_cache_dir: Path, certs: Path
 ) -> Iterator[KafkaBroker]:
     # SASL_SSL without client certificates: the other Kafka security test requires them.
-    security = BrokerSecurity(
-        cafile=certs / "ca.pem",
-        certfile=certs / "server.pem",
-        keyfile=certs / "server.key",
-        scram_users={USER: SASL_SECRET},
-    )
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-sasl"), stack_cache_dir, security=security)
-    broker.start()
-    try:
+    workdir = tmp_path_factory.mktemp("kafka-sasl")
+    with sasl_ssl_broker(
+        workdir, stack_cache_dir, certs, SASL_SECRET, require_client_cert=False
+    ) as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 def with_password(url: str, password: str) -> str:
     parts = urlsplit(url)
     netloc = f"{parts.username}:{password}@{parts.hostname}:{parts.port}"
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def sasl_env(certs: Path, password: str) -> dict[str, str]:
-    return {
-        "PIPELINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-        "PIPELINE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-        "PIPELINE_KAFKA_SASL_USERNAME": USER,
-        "PIPELINE_KAFKA_SASL_PASSWORD": password,
-        "PIPELINE_KAFKA_SSL_CAFILE": str(certs / "ca.pem"),
-    }
-
-
-def cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.ops.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
 
 
 def assert_no_sentinel(outputs: dict[str, str]) -> None:
@@ -111,16 +74,22 @@ def test_secrets_never_leak(
     provisioner.set_rules([Rule(match="err-*", action="error", code="PERMISSION_DENIED")])
 
     # 1. Real work over SASL_SSL, with the secret-bearing URL, plus failing provisioner calls.
-    work_dir = tmp_path / "work"
-    work_dir.mkdir()
-    p = Pipeline(
+    sasl_pipeline = functools.partial(
+        Pipeline,
         database_url=secret_url,
         bootstrap=sasl_broker.secure_bootstrap,
         provisioner_addr=str(provisioner.address),
         prefix=topic_prefix,
+    )
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    p = sasl_pipeline(
         logdir=work_dir,
         max_attempts=2,
-        extra_env={**sasl_env(certs, SASL_SECRET), "PIPELINE_LOG_LEVEL": "DEBUG"},
+        extra_env={
+            **sasl_env(certs, SASL_SECRET, client_cert=False),
+            "PIPELINE_LOG_LEVEL": "DEBUG",
+        },
     )
     p.migrate()
     with psycopg.connect(database_url) as conn:
@@ -142,13 +111,8 @@ def test_secrets_never_leak(
     # 2. The same components with a wrong SASL password: they exit with an error.
     wrong_dir = tmp_path / "wrong"
     wrong_dir.mkdir()
-    wrong = Pipeline(
-        database_url=secret_url,
-        bootstrap=sasl_broker.secure_bootstrap,
-        provisioner_addr=str(provisioner.address),
-        prefix=topic_prefix,
-        logdir=wrong_dir,
-        extra_env=sasl_env(certs, WRONG_SECRET),
+    wrong = sasl_pipeline(
+        logdir=wrong_dir, extra_env=sasl_env(certs, WRONG_SECRET, client_cert=False)
     )
     wrong.start()
     try:
@@ -159,7 +123,7 @@ def test_secrets_never_leak(
 
     # 3. A relay whose database is unreachable keeps failing batches and logging why; a
     # malformed URL (libpq's parse errors quote it whole) is refused at start-up.
-    env = {**clean_env(), **sasl_env(certs, SASL_SECRET)}
+    env = {**clean_env(), **sasl_env(certs, SASL_SECRET, client_cert=False)}
     env.update(
         PIPELINE_KAFKA_BOOTSTRAP=sasl_broker.secure_bootstrap,
         PIPELINE_PROVISIONER_ADDR="127.0.0.1:1",

@@ -16,60 +16,30 @@ import psycopg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
-from certs import make_certs
+from certs import sasl_env, sasl_ssl_broker
 from harness import Pipeline, dedupe, read_topic
 
 from pipeline.devtools.fake_provisioner import FakeProvisioner
 from pipeline.devtools.stack import procs
-from pipeline.devtools.stack.kafka import BrokerSecurity, KafkaBroker
+from pipeline.devtools.stack.kafka import KafkaBroker
 from pipeline.domain.events import idempotency_key
 from pipeline.runtime.config import Config, Secret
 from pipeline.store.outbox import enqueue
 
 pytestmark = pytest.mark.integration
 
-USER = "pipeline-svc"
 PASSWORD = "svc-pw-3b9d0a"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_certs(tmp_path_factory.mktemp("kafka-certs"))
 
 
 @pytest.fixture(scope="module")
 def secure_broker(
     tmp_path_factory: pytest.TempPathFactory, stack_cache_dir: Path, certs: Path
 ) -> Iterator[KafkaBroker]:
-    security = BrokerSecurity(
-        cafile=certs / "ca.pem",
-        certfile=certs / "server.pem",
-        keyfile=certs / "server.key",
-        scram_users={USER: PASSWORD},
-        require_client_cert=True,
-    )
-    broker = KafkaBroker(
-        tmp_path_factory.mktemp("kafka-secure"), stack_cache_dir, security=security
-    )
-    broker.start()
-    try:
+    workdir = tmp_path_factory.mktemp("kafka-secure")
+    with sasl_ssl_broker(
+        workdir, stack_cache_dir, certs, PASSWORD, require_client_cert=True
+    ) as broker:
         yield broker
-    finally:
-        broker.stop()
-
-
-def kafka_env(certs: Path, password: str, *, client_cert: bool = True) -> dict[str, str]:
-    env = {
-        "PIPELINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-        "PIPELINE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-        "PIPELINE_KAFKA_SASL_USERNAME": USER,
-        "PIPELINE_KAFKA_SASL_PASSWORD": password,
-        "PIPELINE_KAFKA_SSL_CAFILE": str(certs / "ca.pem"),
-    }
-    if client_cert:
-        env["PIPELINE_KAFKA_SSL_CERTFILE"] = str(certs / "client.pem")
-        env["PIPELINE_KAFKA_SSL_KEYFILE"] = str(certs / "client.key")
-    return env
 
 
 def provisioner_tls_env(certs: Path) -> dict[str, str]:
@@ -99,7 +69,7 @@ def test_pipeline_over_sasl_ssl_and_mtls_provisioner(
         provisioner_addr=addr,
         prefix=topic_prefix,
         logdir=tmp_path,
-        extra_env={**kafka_env(certs, PASSWORD), **provisioner_tls_env(certs)},
+        extra_env={**sasl_env(certs, PASSWORD, client_cert=True), **provisioner_tls_env(certs)},
     )
     p.migrate()
     with psycopg.connect(database_url) as conn:
@@ -140,7 +110,7 @@ def test_wrong_password_fails_fast_with_a_clear_error(
         provisioner_addr="127.0.0.1:1",
         prefix=topic_prefix,
         logdir=tmp_path,
-        extra_env=kafka_env(certs, "not-the-password"),
+        extra_env=sasl_env(certs, "not-the-password", client_cert=True),
     )
     p.start()
     codes = {}
@@ -164,7 +134,7 @@ def test_wrong_password_fails_fast_with_a_clear_error(
 async def test_sasl_without_client_certificate_is_refused(
     secure_broker: KafkaBroker, certs: Path
 ) -> None:
-    env = kafka_env(certs, PASSWORD, client_cert=False)
+    env = sasl_env(certs, PASSWORD, client_cert=False)
     env["PIPELINE_KAFKA_BOOTSTRAP"] = secure_broker.secure_bootstrap
     cfg = Config.from_env(env, required=("kafka_bootstrap",))
     assert cfg.kafka_sasl_password == Secret(PASSWORD)

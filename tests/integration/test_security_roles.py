@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from harness import Pipeline
+from harness import Pipeline, clean_env, cli
 
 from pipeline.store.migrate import migrate
 from pipeline.store.outbox import enqueue
@@ -35,16 +32,9 @@ def url_for(database_url: str, role: str) -> str:
 
 
 def create_roles_with_cli(database_url: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    env["PIPELINE_DATABASE_URL"] = database_url
+    env = {**clean_env(), "PIPELINE_DATABASE_URL": database_url}
     env.update({password_variable(spec): PASSWORDS[spec.name] for spec in ROLES})
-    res = subprocess.run(
-        [sys.executable, "-m", "pipeline.ops.cli", "migrate", "--create-roles"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = cli("migrate", "--create-roles", env=env)
     assert res.returncode == 0, res.stderr
     for password in PASSWORDS.values():
         assert password not in res.stdout + res.stderr

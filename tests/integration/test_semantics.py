@@ -12,6 +12,7 @@ import orjson
 import psycopg
 import pytest
 from aiokafka import AIOKafkaProducer
+from factories import outcome_event
 from harness import Pipeline, dedupe, read_topic
 from psycopg.types.json import Jsonb
 
@@ -20,7 +21,7 @@ from pipeline.components.projector import Projector
 from pipeline.components.relay import Relay, make_producer
 from pipeline.devtools.fake_provisioner import FakeProvisioner, Rule
 from pipeline.devtools.stack.kafka import KafkaBroker
-from pipeline.domain.events import Outcome, OutcomeEvent, outcome_event_id, parse_iso
+from pipeline.domain.events import Outcome, outcome_event_id, parse_iso
 from pipeline.domain.registry import build_registry
 from pipeline.runtime.metrics import Metrics
 from pipeline.store.migrate import migrate
@@ -240,16 +241,12 @@ async def test_an_attempt_without_outcome_is_rescued_with_the_same_event(
 
 
 def _outcome(pid: int, attempt: int, outcome: Outcome, **kw: Any) -> bytes:
-    event = OutcomeEvent(
+    event = outcome_event(
+        pid,
+        attempt,
+        outcome,
         event_id=outcome_event_id(pid, attempt),
-        propagation_id=pid,
-        kind="tier_elevation",
-        attempt=attempt,
-        team_id="t",
-        resource_type="postgres",
         resource_id=f"r-{pid}",
-        timestamp="2026-01-01T00:00:00Z",
-        outcome=outcome,
         occurred_at=f"2026-01-01T00:00:0{attempt}Z",
         **kw,
     )

@@ -4,6 +4,8 @@ import random
 import string
 from dataclasses import replace
 
+from factories import outcome_event
+
 from pipeline.domain.events import DeadLetterReason, Outcome, OutcomeEvent
 from pipeline.domain.registry import build_registry
 from pipeline.runtime.metrics import Metrics
@@ -12,17 +14,13 @@ from pipeline.runtime.metrics import Metrics
 def _event(kind: str, reason: str, resource_type: str, i: int) -> OutcomeEvent:
     from pipeline.domain.classify import bucket
 
-    return OutcomeEvent(
+    return outcome_event(
+        i,
+        1,
+        Outcome.UNEXPECTED_SKIP if i % 2 else Outcome.DEAD_LETTERED,
         event_id=str(i),
-        propagation_id=i,
         kind=kind,
-        attempt=1,
-        team_id="t",
         resource_type=resource_type,
-        resource_id="r",
-        timestamp="2026-01-01T00:00:00Z",
-        outcome=Outcome.UNEXPECTED_SKIP if i % 2 else Outcome.DEAD_LETTERED,
-        occurred_at="2026-01-01T00:00:00Z",
         skip_reason=reason,
         skip_reason_bucket=bucket(reason),
         dead_letter_reason=None if i % 2 else DeadLetterReason.UNKNOWN_KIND,

@@ -1,21 +1,10 @@
-from pipeline.domain.events import Outcome, OutcomeEvent
+from factories import outcome_event
+
 from pipeline.store.projection import Located, rounds
 
 
 def _item(pid: int, attempt: int) -> Located:
-    event = OutcomeEvent(
-        event_id=f"{pid}-{attempt}",
-        propagation_id=pid,
-        kind="tier_elevation",
-        attempt=attempt,
-        team_id="t",
-        resource_type="postgres",
-        resource_id="r",
-        timestamp="2026-01-01T00:00:00Z",
-        outcome=Outcome.RETRYING,
-        occurred_at="2026-01-01T00:00:00Z",
-    )
-    return Located(event, "topic", 0, attempt)
+    return Located(outcome_event(pid, attempt), "topic", 0, attempt)
 
 
 def test_rounds_keep_one_event_per_propagation_in_log_order() -> None:

@@ -60,6 +60,13 @@ def make(
     return proc, port, metrics
 
 
+def dead_lettered(metrics: Metrics, reason: str, kind: str) -> float:
+    """The dead-letter counter of one reason and kind."""
+    return metrics.sample(
+        "instant_propagation_dead_lettered_total", {"reason": reason, "kind": kind}
+    )
+
+
 def command(kind: str = "tier_elevation", attempt: int = 1, payload: object = None) -> Command:
     return Command(
         event_id=command_event_id(7, attempt),
@@ -125,14 +132,13 @@ async def test_unexpected_skip_emits_unexpected_skip_and_counts_the_bucket() -> 
 
 async def test_persistent_failure_moves_the_max_attempts_dead_letter_counter() -> None:
     proc, _, metrics = make(CallFailed("UNAVAILABLE", "down", True), max_attempts=3)
-    labels = {"reason": "max_attempts", "kind": "tier_elevation"}
     event = await proc.handle(command(attempt=2))
     assert event.outcome is Outcome.RETRYING
-    assert metrics.sample("instant_propagation_dead_lettered_total", labels) == 0.0
+    assert dead_lettered(metrics, "max_attempts", "tier_elevation") == 0.0
     event = await proc.handle(command(attempt=3))
     assert event.outcome is Outcome.DEAD_LETTERED
     assert event.dead_letter_reason is DeadLetterReason.MAX_ATTEMPTS
-    assert metrics.sample("instant_propagation_dead_lettered_total", labels) == 1.0
+    assert dead_lettered(metrics, "max_attempts", "tier_elevation") == 1.0
 
 
 async def test_unknown_kind_is_counted_retried_then_dead_lettered() -> None:
@@ -143,13 +149,7 @@ async def test_unknown_kind_is_counted_retried_then_dead_lettered() -> None:
     assert last.outcome is Outcome.UNKNOWN_KIND_DEAD_LETTERED
     assert port.calls == []
     assert metrics.sample("instant_propagation_unknown_kind_total", {"kind": "tier_teleport"}) == 2
-    assert (
-        metrics.sample(
-            "instant_propagation_dead_lettered_total",
-            {"reason": "unknown_kind", "kind": "unknown_kind"},
-        )
-        == 1.0
-    )
+    assert dead_lettered(metrics, "unknown_kind", "unknown_kind") == 1.0
 
 
 async def test_invalid_payload_is_dead_lettered_without_calling_the_provisioner() -> None:
@@ -158,13 +158,7 @@ async def test_invalid_payload_is_dead_lettered_without_calling_the_provisioner(
     assert event.outcome is Outcome.DEAD_LETTERED
     assert event.dead_letter_reason is DeadLetterReason.INVALID_PAYLOAD
     assert port.calls == []
-    assert (
-        metrics.sample(
-            "instant_propagation_dead_lettered_total",
-            {"reason": "invalid_payload", "kind": "tier_elevation"},
-        )
-        == 1.0
-    )
+    assert dead_lettered(metrics, "invalid_payload", "tier_elevation") == 1.0
 
 
 async def test_adapter_exception_costs_a_retry_not_the_worker() -> None:
