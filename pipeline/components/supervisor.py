@@ -158,7 +158,10 @@ def run_worker(cfg: Config) -> int:
     return faust_worker(cfg, metrics, provisioner_factory(cfg), health)
 
 
-COMPONENTS = ("relay", "worker", "project")
+# The one table of the long-running roles: role name -> the `pipeline` subcommand that runs
+# it, in start order (`run` serves each one's /metrics on the port plus its index). The demo,
+# the bench and the integration harness start the components from it too.
+COMPONENTS = {"relay": "relay", "worker": "worker", "projector": "project"}
 
 
 def run_all(cfg: Config, env: dict[str, str]) -> int:
@@ -180,7 +183,7 @@ def run_all(cfg: Config, env: dict[str, str]) -> int:
     signal.signal(signal.SIGTERM, stop_all)
     signal.signal(signal.SIGINT, stop_all)
     child_env_for: dict[str, dict[str, str]] = {}
-    for offset, name in enumerate(COMPONENTS):
+    for offset, name in enumerate(COMPONENTS.values()):
         child_env = dict(env)
         if cfg.metrics_port:
             child_env["PIPELINE_METRICS_PORT"] = str(cfg.metrics_port + offset)

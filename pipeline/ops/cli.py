@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -12,6 +11,7 @@ from typing import Any
 
 from pipeline.domain.errors import PipelineError
 from pipeline.ops.options import config_options, load_config
+from pipeline.runtime import config
 from pipeline.runtime.config import Config
 
 
@@ -25,11 +25,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         from pipeline.store import roles
 
         # Passwords come only from the environment: a flag would show in `ps` and history.
-        passwords = {
-            spec.name: os.environ[roles.password_variable(spec)]
-            for spec in roles.ROLES
-            if os.environ.get(roles.password_variable(spec))
-        }
+        role_of = {roles.password_variable(spec): spec.name for spec in roles.ROLES}
+        passwords = {role_of[var]: pw for var, pw in config.passwords(role_of).items()}
         print("roles: " + ", ".join(roles.create_roles(cfg.database_url, passwords)))
     return 0
 
@@ -50,7 +47,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.components import supervisor as services
 
     cfg = load_config(args)
-    env = dict(os.environ)
+    env = config.child_env()
     for f in dataclasses.fields(Config):
         value = getattr(args, f"cfg_{f.name}", None)
         if value is not None:

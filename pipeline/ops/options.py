@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 
+from pipeline.runtime import config
 from pipeline.runtime.config import REQUIRED_FOR_ALL, Config
 
 _SETTING_HELP = {
@@ -51,7 +51,7 @@ def load_config(args: argparse.Namespace, required: tuple[str, ...] = REQUIRED_F
         for k, v in vars(args).items()
         if k.startswith("cfg_") and v is not None
     }
-    cfg = Config.from_env(os.environ, required, **overrides)
+    cfg = config.load(required, **overrides)
     from pipeline.runtime import logs
 
     logs.configure(cfg.log_level)

@@ -18,10 +18,10 @@ import orjson
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipeline.components.supervisor import COMPONENTS
 from pipeline.devtools.stack.procs import free_port
 from pipeline.store.migrate import migrate
 
-COMPONENTS = {"relay": "relay", "worker": "worker", "projector": "project"}
 # The worker's exit code when it gives up a stalled faust recovery and asks for a restart.
 RESTART_ME = 3
 # Extra processes of a component (a second worker joining the group, say).

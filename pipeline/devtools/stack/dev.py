@@ -21,6 +21,7 @@ from pipeline.devtools.stack.kafka import KafkaBroker
 from pipeline.devtools.stack.kafka_cluster import KafkaCluster, quorum_leader
 from pipeline.devtools.stack.postgres import ExternalPostgres, PostgresCluster, mask_url
 from pipeline.domain.errors import StackError
+from pipeline.runtime.config import setting_variable
 
 STATE_FILE = "state.json"
 PROVISIONER = "provisioner"
@@ -75,14 +76,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 # --- commands ---------------------------------------------------------------------------
 
 
-def _cache_dir() -> Path:
-    override = os.environ.get("PIPELINE_STACK_CACHE")
-    return Path(override).expanduser() if override else procs.default_cache_dir()
-
-
 def _state_dir(args: argparse.Namespace) -> Path:
     given: Path | None = args.state_dir
-    return (given or _cache_dir() / "dev").expanduser().resolve()
+    return (given or procs.cache_dir() / "dev").expanduser().resolve()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -102,7 +98,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         _info("dev stack is partly down; restarting it")
         _stop_all(state, state_dir)
 
-    cache_dir = _cache_dir()
+    cache_dir = procs.cache_dir()
     run_dir = cache_dir / "run"
     started: list[Callable[[], None]] = []
     services: dict[str, dict[str, Any]] = {}
@@ -119,7 +115,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         else:
             services.update(_start_cluster(state_dir, cache_dir, run_dir, args, started))
 
-        external = os.environ.get("PIPELINE_DATABASE_URL")
+        external = setting_variable("database_url")
         if external:
             db = ExternalPostgres(external)
             _info(f"using external Postgres {mask_url(external)}")
@@ -283,7 +279,7 @@ def _start_provisioner(state_dir: Path, run_dir: Path, timeout: float) -> dict[s
 
 
 def _stop_all(state: dict[str, Any], state_dir: Path) -> None:
-    run_dir = _cache_dir() / "run"
+    run_dir = procs.cache_dir() / "run"
     services: dict[str, dict[str, Any]] = state["services"]
     # Reverse start order: the provisioner and Postgres go before the broker.
     for name, svc in reversed(list(services.items())):
