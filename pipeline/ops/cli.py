@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Component imports stay inside the command functions so `pipeline --help` stays fast.
     from pipeline.devtools import demo, fake_provisioner
     from pipeline.devtools.bench import cli as bench
-    from pipeline.devtools.stack import dev
+    from pipeline.devtools.stack import cli as dev
     from pipeline.ops import history, replay, tail
     from pipeline.ops import status as operator_status
     from pipeline.ops.console import cli as ui

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pipeline.devtools.stack.cli import add_brokers_option
 from pipeline.domain.errors import PipelineError
 
 _DESCRIPTION = """\
@@ -67,12 +68,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="use the Kafka and Postgres of PIPELINE_KAFKA_BOOTSTRAP / PIPELINE_DATABASE_URL",
     )
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, data)")
-    p.add_argument(
-        "--brokers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="Kafka nodes of the bench's own stack (default 1); 3 runs a replicated KRaft "
+    add_brokers_option(
+        p,
+        "Kafka nodes of the bench's own stack (default 1); 3 runs a replicated KRaft "
         "quorum (factor 3, min.insync.replicas 2), to measure what replication costs",
     )
     p.set_defaults(func=cmd_bench)

@@ -9,16 +9,35 @@ Modules: ``rules`` (Rule and the pure ``choose_rule``), ``server`` (FakeProvisio
 ``admin`` (the HTTP endpoint), ``cli`` (``pipeline fake-provisioner``).
 """
 
+from importlib import import_module
+from typing import TYPE_CHECKING
+
 from pipeline.devtools.fake_provisioner.cli import add_parser
-from pipeline.devtools.fake_provisioner.rules import (
-    ACTIONS,
-    METHODS,
-    Rule,
-    choose_rule,
-    load_rules,
-    rules_from_json,
-)
-from pipeline.devtools.fake_provisioner.server import Call, Effect, FakeProvisioner
+
+if TYPE_CHECKING:
+    from pipeline.devtools.fake_provisioner.rules import (
+        ACTIONS,
+        METHODS,
+        Rule,
+        choose_rule,
+        load_rules,
+        rules_from_json,
+    )
+    from pipeline.devtools.fake_provisioner.server import Call, Effect, FakeProvisioner
+
+# The names below load on first use (PEP 562), from the module that defines them: `pipeline
+# --help` imports this package for the fake-provisioner parser and must load no grpc.
+_DEFINED_IN = {
+    name: "rules"
+    for name in ("ACTIONS", "METHODS", "Rule", "choose_rule", "load_rules", "rules_from_json")
+} | {name: "server" for name in ("Call", "Effect", "FakeProvisioner")}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _DEFINED_IN:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_DEFINED_IN[name]}"), name)
+
 
 __all__ = [
     "ACTIONS",
