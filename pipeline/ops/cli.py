@@ -10,7 +10,7 @@ from importlib import metadata
 from typing import Any
 
 from pipeline.domain.errors import PipelineError
-from pipeline.ops.options import config_options, load_config
+from pipeline.ops.options import add_command, load_config
 from pipeline.runtime import config
 from pipeline.runtime.config import Config
 
@@ -97,11 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.devtools import demo, fake_provisioner
     from pipeline.devtools.bench import cli as bench
     from pipeline.devtools.stack import cli as dev
-    from pipeline.ops import history, replay, tail
+    from pipeline.ops import history, lag, replay, tail
     from pipeline.ops import status as operator_status
     from pipeline.ops.console import cli as ui
 
-    settings = config_options()
     parser = argparse.ArgumentParser(
         prog="pipeline",
         description=(
@@ -115,10 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "migrate",
-        parents=[settings],
-        help="create or upgrade the schema (idempotent, safe while running)",
+        _cmd_migrate,
+        "create or upgrade the schema (idempotent, safe while running)",
     )
     p.add_argument(
         "--create-roles",
@@ -130,30 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
             "create a LOGIN user <role>_user in that group with that password"
         ),
     )
-    p.set_defaults(func=_cmd_migrate)
     for name, text in (
         ("relay", "publish due outbox rows to the propagations topic"),
         ("worker", "the faust processor: run handlers, emit outcome events"),
         ("project", "fold outcome events into Postgres"),
     ):
-        p = sub.add_parser(name, parents=[settings], help=text, description=text)
-        p.set_defaults(func=_cmd_component)
-    p = sub.add_parser(
-        "run",
-        parents=[settings],
-        help="relay, worker and projector together (three supervised processes)",
+        add_command(sub, name, _cmd_component, text, text)
+    add_command(
+        sub, "run", _cmd_run, "relay, worker and projector together (three supervised processes)"
     )
-    p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "enqueue",
-        parents=[settings],
-        help="enqueue propagations by hand (operators; applications call pipeline.store.outbox)",
-        description=(
-            "Insert propagation rows and print their ids. Example: pipeline enqueue "
-            "tier_elevation --team acme --resource-type postgres --resource-id db-1 "
-            "--target-tier pro"
-        ),
+        _cmd_enqueue,
+        "enqueue propagations by hand (operators; applications call pipeline.store.outbox)",
+        "Insert propagation rows and print their ids. Example: pipeline enqueue "
+        "tier_elevation --team acme --resource-type postgres --resource-id db-1 "
+        "--target-tier pro",
     )
     p.add_argument("kind", help="a propagation_kind value, e.g. tier_elevation")
     p.add_argument("--team", required=True, help="team id")
@@ -162,7 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-tier", help="target tier (regrades)")
     p.add_argument("--payload", help="payload as a JSON object")
     p.add_argument("--count", type=int, default=1, help="enqueue this many (default 1)")
-    p.set_defaults(func=_cmd_enqueue)
 
     dev.add_parser(sub)
     bench.add_parser(sub)
@@ -171,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_parser(sub)
     tail.add_parser(sub)
     operator_status.add_parser(sub)
+    lag.add_parser(sub)
     fake_provisioner.add_parser(sub)
     ui.add_parser(sub)
     return parser

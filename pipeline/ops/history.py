@@ -277,16 +277,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from pipeline.ops.options import config_options
+    from pipeline.ops.options import add_command
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "show",
-        parents=[config_options()],
-        help="one propagation's whole history: commands and outcomes with their offsets",
-        description=(
-            "Show a propagation's row and every command and outcome event of it, with "
-            "topic/partition/offset, attempt, reasons and times, from Postgres and the log."
-        ),
+        _cmd_show,
+        "one propagation's whole history: commands and outcomes with their offsets",
+        "Show a propagation's row and every command and outcome event of it, with "
+        "topic/partition/offset, attempt, reasons and times, from Postgres and the log.",
     )
     p.add_argument("id", type=int, help="propagation id")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
@@ -298,4 +297,3 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="N",
         help="read at most N messages per topic (default 1000000)",
     )
-    p.set_defaults(func=_cmd_show)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 from pipeline.runtime import config
 from pipeline.runtime.config import REQUIRED_FOR_ALL, Config
@@ -43,6 +45,23 @@ def config_options() -> argparse.ArgumentParser:
         help_text = _SETTING_HELP.get(f.name, "see README, configuration table")
         group.add_argument(flag, dest=f"cfg_{f.name}", default=None, metavar="V", help=help_text)
     return parent
+
+
+def add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    help_text: str,
+    description: str | None = None,
+    **parser_kw: Any,
+) -> argparse.ArgumentParser:
+    """Subcommand ``name`` that takes every setting flag and runs ``func``; its own arguments
+    go on the parser returned."""
+    p = sub.add_parser(
+        name, parents=[config_options()], help=help_text, description=description, **parser_kw
+    )
+    p.set_defaults(func=func)
+    return p
 
 
 def load_config(args: argparse.Namespace, required: tuple[str, ...] = REQUIRED_FOR_ALL) -> Config:
