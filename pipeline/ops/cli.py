@@ -56,6 +56,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
+    """Insert propagation rows and print their ids. Example: pipeline enqueue tier_elevation --team
+    acme --resource-type postgres --resource-id db-1 --target-tier pro"""
+
     import orjson
     import psycopg
 
@@ -145,9 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
         "enqueue",
         _cmd_enqueue,
         "enqueue propagations by hand (operators; applications call pipeline.store.outbox)",
-        "Insert propagation rows and print their ids. Example: pipeline enqueue "
-        "tier_elevation --team acme --resource-type postgres --resource-id db-1 "
-        "--target-tier pro",
     )
     p.add_argument("kind", help="a propagation_kind value, e.g. tier_elevation")
     p.add_argument("--team", required=True, help="team id")

@@ -260,6 +260,9 @@ async def load_story(
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    """Show a propagation's row and every command and outcome event of it, with
+    topic/partition/offset, attempt, reasons and times, from Postgres and the log."""
+
     from pipeline.ops.options import load_config
 
     required = ("database_url",) if args.no_log else ("database_url", "kafka_bootstrap")
@@ -284,8 +287,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "show",
         _cmd_show,
         "one propagation's whole history: commands and outcomes with their offsets",
-        "Show a propagation's row and every command and outcome event of it, with "
-        "topic/partition/offset, attempt, reasons and times, from Postgres and the log.",
     )
     p.add_argument("id", type=int, help="propagation id")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")

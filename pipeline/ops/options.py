@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 from collections.abc import Callable
-from typing import Any
 
 from pipeline.runtime import config
 from pipeline.runtime.config import REQUIRED_FOR_ALL, Config
@@ -53,12 +53,15 @@ def add_command(
     func: Callable[[argparse.Namespace], int],
     help_text: str,
     description: str | None = None,
-    **parser_kw: Any,
 ) -> argparse.ArgumentParser:
     """Subcommand ``name`` that takes every setting flag and runs ``func``; its own arguments
-    go on the parser returned."""
+    go on the parser returned. Its ``--help`` description is ``func``'s docstring, so what a
+    command does is written once, where it is done."""
     p = sub.add_parser(
-        name, parents=[config_options()], help=help_text, description=description, **parser_kw
+        name,
+        parents=[config_options()],
+        help=help_text,
+        description=description or inspect.getdoc(func),
     )
     p.set_defaults(func=func)
     return p

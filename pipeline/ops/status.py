@@ -28,22 +28,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "status",
         cmd_status,
         "propagations by state and kind, oldest pending, recent dead letters",
-        "Count propagations by state (pending, in_flight = published without an outcome, "
-        "retrying, applied, dead_lettered) and kind; show the oldest pending one and the "
-        "dead letters of the last hour.",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
     p = add_command(
-        sub,
-        "retry",
-        cmd_retry,
-        "retry a dead-lettered (or stuck) propagation now, audited",
-        "Make propagation ID due now. A dead-lettered one is re-opened: its attempt numbers "
-        "keep counting and its attempt budget restarts. Every retry is recorded in "
-        "propagation_operator_actions with --reason and the actor. Refused for applied or "
-        "unknown ids, and for a propagation whose resource has a later applied one (unless "
-        "--force).",
+        sub, "retry", cmd_retry, "retry a dead-lettered (or stuck) propagation now, audited"
     )
     p.add_argument("id", type=int, help="propagation id")
     p.add_argument("--reason", help="why (kept in the audit row)")
@@ -57,6 +46,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Count propagations by state (pending, in_flight = published without an outcome, retrying,
+    applied, dead_lettered) and kind; show the oldest pending one and the dead letters of the
+    last hour."""
+
     import psycopg
 
     from pipeline.ops.options import load_config
@@ -199,6 +192,11 @@ def _outcome_log_start(cfg: Config) -> dict[str, Any]:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    """Make propagation ID due now. A dead-lettered one is re-opened: its attempt numbers keep
+    counting and its attempt budget restarts. Every retry is recorded in
+    propagation_operator_actions with --reason and the actor. Refused for applied or unknown
+    ids, and for a propagation whose resource has a later applied one (unless --force)."""
+
     import psycopg
 
     from pipeline.ops.options import load_config

@@ -15,11 +15,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "ui",
         cmd_ui,
         "the operator console in the browser: overview, dead letters, retry, replays",
-        "Serve the operator console on PIPELINE_UI_HOST:PIPELINE_UI_PORT "
-        "(127.0.0.1:9480 by default). It is read-only unless PIPELINE_UI_TOKEN is set "
-        "(at least 16 characters; prefer the variable to the flag, which shows in ps); "
-        "retrying then needs that token. Run it as the pipeline_operator database role "
-        "of `pipeline migrate --create-roles`: it needs nothing more.",
     )
     p.add_argument(
         "--lag-interval",
@@ -31,6 +26,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """Serve the operator console on PIPELINE_UI_HOST:PIPELINE_UI_PORT (127.0.0.1:9480 by default).
+    It is read-only unless PIPELINE_UI_TOKEN is set (at least 16 characters; prefer the variable
+    to the flag, which shows in ps); retrying then needs that token. Run it as the
+    pipeline_operator database role of `pipeline migrate --create-roles`: it needs nothing more."""
+
     try:
         import uvicorn
 
