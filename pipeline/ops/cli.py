@@ -16,6 +16,7 @@ from pipeline.runtime.config import Config
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
+    """create or upgrade the schema (idempotent, safe while running)"""
     from pipeline.store.migrate import migrate
 
     cfg = load_config(args, ("database_url",))
@@ -44,6 +45,7 @@ def _cmd_component(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    """relay, worker and projector together (three supervised processes)"""
     from pipeline.components import supervisor as services
 
     cfg = load_config(args)
@@ -56,7 +58,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
-    """Insert propagation rows and print their ids. Example: pipeline enqueue tier_elevation --team
+    """enqueue propagations by hand (operators; applications call pipeline.store.outbox)
+
+    Insert propagation rows and print their ids. Example: pipeline enqueue tier_elevation --team
     acme --resource-type postgres --resource-id db-1 --target-tier pro"""
 
     import orjson
@@ -117,12 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = add_command(
-        sub,
-        "migrate",
-        _cmd_migrate,
-        "create or upgrade the schema (idempotent, safe while running)",
-    )
+    p = add_command(sub, "migrate", _cmd_migrate)
     p.add_argument(
         "--create-roles",
         action="store_true",
@@ -139,16 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("project", "fold outcome events into Postgres"),
     ):
         add_command(sub, name, _cmd_component, text, text)
-    add_command(
-        sub, "run", _cmd_run, "relay, worker and projector together (three supervised processes)"
-    )
+    add_command(sub, "run", _cmd_run)
 
-    p = add_command(
-        sub,
-        "enqueue",
-        _cmd_enqueue,
-        "enqueue propagations by hand (operators; applications call pipeline.store.outbox)",
-    )
+    p = add_command(sub, "enqueue", _cmd_enqueue)
     p.add_argument("kind", help="a propagation_kind value, e.g. tier_elevation")
     p.add_argument("--team", required=True, help="team id")
     p.add_argument("--resource-type", required=True, help="e.g. postgres, redis")

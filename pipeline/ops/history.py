@@ -260,7 +260,9 @@ async def load_story(
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    """Show a propagation's row and every command and outcome event of it, with
+    """one propagation's whole history: commands and outcomes with their offsets
+
+    Show a propagation's row and every command and outcome event of it, with
     topic/partition/offset, attempt, reasons and times, from Postgres and the log."""
 
     from pipeline.ops.options import load_config
@@ -282,12 +284,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from pipeline.ops.options import add_command
 
-    p = add_command(
-        sub,
-        "show",
-        _cmd_show,
-        "one propagation's whole history: commands and outcomes with their offsets",
-    )
+    p = add_command(sub, "show", _cmd_show)
     p.add_argument("id", type=int, help="propagation id")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.add_argument("--no-log", action="store_true", help="Postgres only; do not scan the log")

@@ -26,9 +26,7 @@ LAG_START_S = 2.0
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = add_command(
-        sub, "lag", cmd_lag, "consumer lag per group and partition, and the outbox backlog"
-    )
+    p = add_command(sub, "lag", cmd_lag)
     p.add_argument(
         "--watch",
         nargs="?",
@@ -42,7 +40,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_lag(args: argparse.Namespace) -> int:
-    """Per consumer (the processor's Kafka group, the projector's Postgres checkpoints), topic and
+    """consumer lag per group and partition, and the outbox backlog
+
+    Per consumer (the processor's Kafka group, the projector's Postgres checkpoints), topic and
     partition: committed offset, end offset, lag in messages and in seconds (age of the oldest
     unconsumed record); plus due, unpublished outbox rows."""
 

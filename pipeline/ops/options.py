@@ -51,17 +51,19 @@ def add_command(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
     func: Callable[[argparse.Namespace], int],
-    help_text: str,
+    help_text: str | None = None,
     description: str | None = None,
 ) -> argparse.ArgumentParser:
     """Subcommand ``name`` that takes every setting flag and runs ``func``; its own arguments
-    go on the parser returned. Its ``--help`` description is ``func``'s docstring, so what a
-    command does is written once, where it is done."""
+    go on the parser returned. Unless given, its help line is the first paragraph of ``func``'s
+    docstring and its ``--help`` description the rest, so what a command does is written once,
+    where it is done."""
+    summary, _, details = (inspect.getdoc(func) or "").partition("\n\n")
     p = sub.add_parser(
         name,
         parents=[config_options()],
-        help=help_text,
-        description=description or inspect.getdoc(func),
+        help=help_text or summary,
+        description=description or details or None,
     )
     p.set_defaults(func=func)
     return p

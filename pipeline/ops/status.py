@@ -23,17 +23,10 @@ if TYPE_CHECKING:
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = add_command(
-        sub,
-        "status",
-        cmd_status,
-        "propagations by state and kind, oldest pending, recent dead letters",
-    )
+    p = add_command(sub, "status", cmd_status)
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
-    p = add_command(
-        sub, "retry", cmd_retry, "retry a dead-lettered (or stuck) propagation now, audited"
-    )
+    p = add_command(sub, "retry", cmd_retry)
     p.add_argument("id", type=int, help="propagation id")
     p.add_argument("--reason", help="why (kept in the audit row)")
     p.add_argument("--actor", help="who (default: the current user)")
@@ -46,7 +39,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Count propagations by state (pending, in_flight = published without an outcome, retrying,
+    """propagations by state and kind, oldest pending, recent dead letters
+
+    Count propagations by state (pending, in_flight = published without an outcome, retrying,
     applied, dead_lettered) and kind; show the oldest pending one and the dead letters of the
     last hour."""
 
@@ -192,7 +187,9 @@ def _outcome_log_start(cfg: Config) -> dict[str, Any]:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    """Make propagation ID due now. A dead-lettered one is re-opened: its attempt numbers keep
+    """retry a dead-lettered (or stuck) propagation now, audited
+
+    Make propagation ID due now. A dead-lettered one is re-opened: its attempt numbers keep
     counting and its attempt budget restarts. Every retry is recorded in
     propagation_operator_actions with --reason and the actor. Refused for applied or unknown
     ids, and for a propagation whose resource has a later applied one (unless --force)."""

@@ -10,12 +10,7 @@ from pipeline.domain.errors import PipelineError
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from pipeline.ops.options import add_command
 
-    p = add_command(
-        sub,
-        "ui",
-        cmd_ui,
-        "the operator console in the browser: overview, dead letters, retry, replays",
-    )
+    p = add_command(sub, "ui", cmd_ui)
     p.add_argument(
         "--lag-interval",
         type=float,
@@ -26,7 +21,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    """Serve the operator console on PIPELINE_UI_HOST:PIPELINE_UI_PORT (127.0.0.1:9480 by default).
+    """the operator console in the browser: overview, dead letters, retry, replays
+
+    Serve the operator console on PIPELINE_UI_HOST:PIPELINE_UI_PORT (127.0.0.1:9480 by default).
     It is read-only unless PIPELINE_UI_TOKEN is set (at least 16 characters; prefer the variable
     to the flag, which shows in ps); retrying then needs that token. Run it as the
     pipeline_operator database role of `pipeline migrate --create-roles`: it needs nothing more."""
