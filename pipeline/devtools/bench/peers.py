@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -70,16 +70,7 @@ class PeerTrial:
         return self.applied / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "peer": self.peer,
-            "settings": self.settings,
-            "count": self.count,
-            "applied": self.applied,
-            "seconds": self.seconds,
-            "per_second": self.per_second,
-            "cpu_seconds": self.cpu_seconds,
-            "peak_rss_mb": self.peak_rss_mb,
-        }
+        return {**asdict(self), "per_second": self.per_second}
 
 
 # --- the bench's side -------------------------------------------------------------------
