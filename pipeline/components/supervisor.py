@@ -44,6 +44,23 @@ def provisioner_factory(cfg: Config) -> Callable[[], object]:
     return factory
 
 
+def _run_until_signal(
+    cfg: Config,
+    metrics: Metrics,
+    health: httpd.Health,
+    component: str,
+    run: Callable[[asyncio.Event], Awaitable[None]],
+) -> int:
+    """An asyncio component: its topics first, then ``run`` until SIGTERM or SIGINT."""
+
+    async def main(stop: asyncio.Event) -> None:
+        await ensure_pipeline_topics(cfg, metrics, component)
+        await run(stop)
+
+    asyncio.run(_serve_until_signal(main, health))
+    return 0
+
+
 async def _serve_until_signal(
     run: Callable[[asyncio.Event], Awaitable[None]], health: httpd.Health
 ) -> None:
@@ -73,10 +90,12 @@ async def ensure_pipeline_topics(cfg: Config, metrics: Metrics, component: str) 
     report(results, metrics, logs.get(component))
 
 
-def _serve_http(cfg: Config, metrics: Metrics, health: httpd.Health, component: str) -> int:
+def _serve_http(cfg: Config, metrics: Metrics, component: str) -> httpd.Health:
+    """Serve /metrics, /healthz and /readyz of one component; its health, to report to."""
+    health = httpd.Health(stale_after=30.0)
     port = httpd.serve(metrics.registry, cfg.metrics_port, cfg.metrics_host, health)
     logs.event(logs.get(component), "http_serving", port=port, host=cfg.metrics_host)
-    return port
+    return health
 
 
 def run_relay(cfg: Config) -> int:
@@ -85,12 +104,10 @@ def run_relay(cfg: Config) -> int:
     from pipeline.components.relay import Relay, make_producer
 
     metrics = new_metrics()
-    health = httpd.Health(stale_after=30.0)
-    _serve_http(cfg, metrics, health, "relay")
+    health = _serve_http(cfg, metrics, "relay")
 
     async def main(stop: asyncio.Event) -> None:
         kw = cfg.kafka_client_kwargs()
-        await ensure_pipeline_topics(cfg, metrics, "relay")
         producer = HealingProducer(lambda: make_producer(kw), metrics, "relay", logs.get("relay"))
         await producer.start()
         relay = Relay(
@@ -120,23 +137,19 @@ def run_relay(cfg: Config) -> int:
             await lag_task
             await producer.stop()  # flushes what was sent
 
-    asyncio.run(_serve_until_signal(main, health))
-    return 0
+    return _run_until_signal(cfg, metrics, health, "relay", main)
 
 
 def run_projector(cfg: Config) -> int:
     from pipeline.components.projector import Projector
 
     metrics = new_metrics()
-    health = httpd.Health(stale_after=30.0)
-    _serve_http(cfg, metrics, health, "projector")
+    health = _serve_http(cfg, metrics, "projector")
 
     async def main(stop: asyncio.Event) -> None:
-        kw = cfg.kafka_client_kwargs()
-        await ensure_pipeline_topics(cfg, metrics, "projector")
         projector = Projector(
             database_url=cfg.database_url,
-            client_kwargs=kw,
+            client_kwargs=cfg.kafka_client_kwargs(),
             topic=cfg.outcomes_topic,
             projection=cfg.projection_name,
             metrics=metrics,
@@ -145,8 +158,7 @@ def run_projector(cfg: Config) -> int:
         health.set_ready_check(lambda: {"projection": projector.state in ("active", "standby")})
         await projector.run(stop)
 
-    asyncio.run(_serve_until_signal(main, health))
-    return 0
+    return _run_until_signal(cfg, metrics, health, "projector", main)
 
 
 def run_worker(cfg: Config) -> int:
@@ -154,12 +166,14 @@ def run_worker(cfg: Config) -> int:
 
     metrics = new_metrics()
     metrics.expose_dead_letter_series()  # before /metrics serves: the first scrape sees 0s
-    health = httpd.Health(stale_after=30.0)
-    _serve_http(cfg, metrics, health, "worker")
+    health = _serve_http(cfg, metrics, "worker")
     return faust_worker(cfg, metrics, provisioner_factory(cfg), health)
 
 
-COMPONENTS = ("relay", "worker", "project")
+# The one table of the long-running roles: role name -> the `pipeline` subcommand that runs
+# it, in start order (`run` serves each one's /metrics on the port plus its index). The demo,
+# the bench and the integration harness start the components from it too.
+COMPONENTS = {"relay": "relay", "worker": "worker", "projector": "project"}
 
 
 def run_all(cfg: Config, env: dict[str, str]) -> int:
@@ -181,7 +195,7 @@ def run_all(cfg: Config, env: dict[str, str]) -> int:
     signal.signal(signal.SIGTERM, stop_all)
     signal.signal(signal.SIGINT, stop_all)
     child_env_for: dict[str, dict[str, str]] = {}
-    for offset, name in enumerate(COMPONENTS):
+    for offset, name in enumerate(COMPONENTS.values()):
         child_env = dict(env)
         if cfg.metrics_port:
             child_env["PIPELINE_METRICS_PORT"] = str(cfg.metrics_port + offset)

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
 from pipeline.domain.errors import PipelineError
-from pipeline.ops.options import config_options, load_config
+from pipeline.ops.options import add_command, load_config
+from pipeline.runtime import config
 from pipeline.runtime.config import Config
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
+    """create or upgrade the schema (idempotent, safe while running)"""
     from pipeline.store.migrate import migrate
 
     cfg = load_config(args, ("database_url",))
@@ -25,11 +26,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         from pipeline.store import roles
 
         # Passwords come only from the environment: a flag would show in `ps` and history.
-        passwords = {
-            spec.name: os.environ[roles.password_variable(spec)]
-            for spec in roles.ROLES
-            if os.environ.get(roles.password_variable(spec))
-        }
+        role_of = {roles.password_variable(spec): spec.name for spec in roles.ROLES}
+        passwords = {role_of[var]: pw for var, pw in config.passwords(role_of).items()}
         print("roles: " + ", ".join(roles.create_roles(cfg.database_url, passwords)))
     return 0
 
@@ -47,10 +45,11 @@ def _cmd_component(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    """relay, worker and projector together (three supervised processes)"""
     from pipeline.components import supervisor as services
 
     cfg = load_config(args)
-    env = dict(os.environ)
+    env = config.child_env()
     for f in dataclasses.fields(Config):
         value = getattr(args, f"cfg_{f.name}", None)
         if value is not None:
@@ -59,6 +58,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
+    """enqueue propagations by hand (operators; applications call pipeline.store.outbox)
+
+    Insert propagation rows and print their ids. Example: pipeline enqueue tier_elevation --team
+    acme --resource-type postgres --resource-id db-1 --target-tier pro"""
+
     import orjson
     import psycopg
 
@@ -99,12 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Component imports stay inside the command functions so `pipeline --help` stays fast.
     from pipeline.devtools import demo, fake_provisioner
     from pipeline.devtools.bench import cli as bench
-    from pipeline.devtools.stack import dev
-    from pipeline.ops import history, replay, tail
+    from pipeline.devtools.stack import cli as dev
+    from pipeline.ops import history, lag, replay, tail
     from pipeline.ops import status as operator_status
     from pipeline.ops.console import cli as ui
 
-    settings = config_options()
     parser = argparse.ArgumentParser(
         prog="pipeline",
         description=(
@@ -118,11 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
-        "migrate",
-        parents=[settings],
-        help="create or upgrade the schema (idempotent, safe while running)",
-    )
+    p = add_command(sub, "migrate", _cmd_migrate)
     p.add_argument(
         "--create-roles",
         action="store_true",
@@ -133,31 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
             "create a LOGIN user <role>_user in that group with that password"
         ),
     )
-    p.set_defaults(func=_cmd_migrate)
     for name, text in (
         ("relay", "publish due outbox rows to the propagations topic"),
         ("worker", "the faust processor: run handlers, emit outcome events"),
         ("project", "fold outcome events into Postgres"),
     ):
-        p = sub.add_parser(name, parents=[settings], help=text, description=text)
-        p.set_defaults(func=_cmd_component)
-    p = sub.add_parser(
-        "run",
-        parents=[settings],
-        help="relay, worker and projector together (three supervised processes)",
-    )
-    p.set_defaults(func=_cmd_run)
+        add_command(sub, name, _cmd_component, text, text)
+    add_command(sub, "run", _cmd_run)
 
-    p = sub.add_parser(
-        "enqueue",
-        parents=[settings],
-        help="enqueue propagations by hand (operators; applications call pipeline.store.outbox)",
-        description=(
-            "Insert propagation rows and print their ids. Example: pipeline enqueue "
-            "tier_elevation --team acme --resource-type postgres --resource-id db-1 "
-            "--target-tier pro"
-        ),
-    )
+    p = add_command(sub, "enqueue", _cmd_enqueue)
     p.add_argument("kind", help="a propagation_kind value, e.g. tier_elevation")
     p.add_argument("--team", required=True, help="team id")
     p.add_argument("--resource-type", required=True, help="e.g. postgres, redis")
@@ -165,7 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-tier", help="target tier (regrades)")
     p.add_argument("--payload", help="payload as a JSON object")
     p.add_argument("--count", type=int, default=1, help="enqueue this many (default 1)")
-    p.set_defaults(func=_cmd_enqueue)
 
     dev.add_parser(sub)
     bench.add_parser(sub)
@@ -174,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_parser(sub)
     tail.add_parser(sub)
     operator_status.add_parser(sub)
+    lag.add_parser(sub)
     fake_provisioner.add_parser(sub)
     ui.add_parser(sub)
     return parser

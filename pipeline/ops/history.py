@@ -260,6 +260,11 @@ async def load_story(
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    """one propagation's whole history: commands and outcomes with their offsets
+
+    Show a propagation's row and every command and outcome event of it, with
+    topic/partition/offset, attempt, reasons and times, from Postgres and the log."""
+
     from pipeline.ops.options import load_config
 
     required = ("database_url",) if args.no_log else ("database_url", "kafka_bootstrap")
@@ -277,17 +282,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from pipeline.ops.options import config_options
+    from pipeline.ops.options import add_command
 
-    p = sub.add_parser(
-        "show",
-        parents=[config_options()],
-        help="one propagation's whole history: commands and outcomes with their offsets",
-        description=(
-            "Show a propagation's row and every command and outcome event of it, with "
-            "topic/partition/offset, attempt, reasons and times, from Postgres and the log."
-        ),
-    )
+    p = add_command(sub, "show", _cmd_show)
     p.add_argument("id", type=int, help="propagation id")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.add_argument("--no-log", action="store_true", help="Postgres only; do not scan the log")
@@ -298,4 +295,3 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="N",
         help="read at most N messages per topic (default 1000000)",
     )
-    p.set_defaults(func=_cmd_show)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
+import inspect
+from collections.abc import Callable
 
+from pipeline.runtime import config
 from pipeline.runtime.config import REQUIRED_FOR_ALL, Config
 
 _SETTING_HELP = {
@@ -45,13 +47,35 @@ def config_options() -> argparse.ArgumentParser:
     return parent
 
 
+def add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    help_text: str | None = None,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """Subcommand ``name`` that takes every setting flag and runs ``func``; its own arguments
+    go on the parser returned. Unless given, its help line is the first paragraph of ``func``'s
+    docstring and its ``--help`` description the rest, so what a command does is written once,
+    where it is done."""
+    summary, _, details = (inspect.getdoc(func) or "").partition("\n\n")
+    p = sub.add_parser(
+        name,
+        parents=[config_options()],
+        help=help_text or summary,
+        description=description or details or None,
+    )
+    p.set_defaults(func=func)
+    return p
+
+
 def load_config(args: argparse.Namespace, required: tuple[str, ...] = REQUIRED_FOR_ALL) -> Config:
     overrides = {
         k.removeprefix("cfg_"): v
         for k, v in vars(args).items()
         if k.startswith("cfg_") and v is not None
     }
-    cfg = Config.from_env(os.environ, required, **overrides)
+    cfg = config.load(required, **overrides)
     from pipeline.runtime import logs
 
     logs.configure(cfg.log_level)

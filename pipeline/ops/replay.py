@@ -346,22 +346,21 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from pipeline.ops.options import config_options
+    from pipeline.ops.options import add_command
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "replay",
-        parents=[config_options()],
-        help="re-fold the outcome log into Postgres (backfill, rebuild), with progress",
-        description=(
-            "Fold outcome events from the log into pending_propagations and "
-            "propagation_audit with the projector's own (idempotent) fold. Refuses while a "
-            "live projector holds the projection lock (or waits with --wait). Examples: "
-            "pipeline replay --from-timestamp 2025-01-31T12:00Z --dry-run; "
-            "pipeline replay --rebuild. Prints a JSON report on stdout. A rebuild never "
-            "deletes audit rows and never un-applies a row; it refuses (exit 5) when rows "
-            "need history the log no longer holds, unless --covered-only. Exit codes: 0 done, "
-            "2 bad usage, 5 refused (lock held or history trimmed), 130 interrupted."
-        ),
+        _cmd_replay,
+        "re-fold the outcome log into Postgres (backfill, rebuild), with progress",
+        "Fold outcome events from the log into pending_propagations and "
+        "propagation_audit with the projector's own (idempotent) fold. Refuses while a "
+        "live projector holds the projection lock (or waits with --wait). Examples: "
+        "pipeline replay --from-timestamp 2025-01-31T12:00Z --dry-run; "
+        "pipeline replay --rebuild. Prints a JSON report on stdout. A rebuild never "
+        "deletes audit rows and never un-applies a row; it refuses (exit 5) when rows "
+        "need history the log no longer holds, unless --covered-only. Exit codes: 0 done, "
+        "2 bad usage, 5 refused (lock held or history trimmed), 130 interrupted.",
     )
     add_start_options(p, default="beginning")
     flag = {"action": "store_true"}
@@ -379,4 +378,3 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
          "seconds between progress log lines when not on a terminal"),
     ):  # fmt: skip
         p.add_argument(name, help=text, **kw)
-    p.set_defaults(func=_cmd_replay)

@@ -1,4 +1,4 @@
-"""Operator commands: ``pipeline status``, ``pipeline retry ID`` and ``pipeline lag``.
+"""Operator commands: ``pipeline status`` and ``pipeline retry ID`` (``pipeline lag`` is ``lag``).
 
 Tables when stdout is a terminal, tab-separated lines otherwise, ``--json`` for scripts.
 """
@@ -7,123 +7,44 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import getpass
-import queue
 import sys
-import threading
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from pipeline.domain.errors import BrokerError, PipelineError, StoreError
+from pipeline.domain.errors import PipelineError, StoreError
+from pipeline.ops.options import add_command
+from pipeline.ops.output import age, in_daemon, plain, print_json, table
 from pipeline.runtime.exit_codes import ExitCode
 
 KAFKA_STATUS_TIMEOUT_S = 4.0  # `pipeline status` answers within 5 s with a broker down
-LAG_WITHIN_S = 2.5  # `pipeline lag` too, plus the clients' start:
-LAG_START_S = 2.0
 
 if TYPE_CHECKING:
-    from pipeline.components.lag import LagReport, Source
     from pipeline.runtime.config import Config
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from pipeline.ops.options import config_options
-
-    settings = config_options()
-    p = sub.add_parser(
-        "status",
-        parents=[settings],
-        help="propagations by state and kind, oldest pending, recent dead letters",
-        description=(
-            "Count propagations by state (pending, in_flight = published without an outcome, "
-            "retrying, applied, dead_lettered) and kind; show the oldest pending one and the "
-            "dead letters of the last hour."
-        ),
-    )
+    p = add_command(sub, "status", cmd_status)
     p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser(
-        "retry",
-        parents=[settings],
-        help="retry a dead-lettered (or stuck) propagation now, audited",
-        description=(
-            "Make propagation ID due now. A dead-lettered one is re-opened: its attempt numbers "
-            "keep counting and its attempt budget restarts. Every retry is recorded in "
-            "propagation_operator_actions with --reason and the actor. Refused for applied or "
-            "unknown ids, and for a propagation whose resource has a later applied one (unless "
-            "--force)."
-        ),
-    )
+    p = add_command(sub, "retry", cmd_retry)
     p.add_argument("id", type=int, help="propagation id")
     p.add_argument("--reason", help="why (kept in the audit row)")
     p.add_argument("--actor", help="who (default: the current user)")
     p.add_argument(
         "--force", action="store_true", help="retry even if a later propagation was applied"
     )
-    p.set_defaults(func=cmd_retry)
-
-    p = sub.add_parser(
-        "lag",
-        parents=[settings],
-        help="consumer lag per group and partition, and the outbox backlog",
-        description=(
-            "Per consumer (the processor's Kafka group, the projector's Postgres checkpoints), "
-            "topic and partition: committed offset, end offset, lag in messages and in seconds "
-            "(age of the oldest unconsumed record); plus due, unpublished outbox rows."
-        ),
-    )
-    p.add_argument(
-        "--watch",
-        nargs="?",
-        type=float,
-        const=2.0,
-        default=None,
-        metavar="SECONDS",
-        help="refresh every SECONDS (default 2) until interrupted",
-    )
-    p.add_argument("--json", action="store_true", help="print JSON (one document per refresh)")
-    p.set_defaults(func=cmd_lag)
-
-
-def _age(seconds: float) -> str:
-    s = int(seconds)
-    if s < 60:
-        return f"{seconds:.1f}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-def _print_json(doc: Any) -> None:
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode() + "\n")
-    sys.stdout.flush()
-
-
-def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Any:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for i, c in enumerate(columns):
-        table.add_column(c, justify="right" if i and c != "topic" else "left")
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
-def _plain(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    print("\t".join(columns))
-    for row in rows:
-        print("\t".join(row))
 
 
 # --- status -----------------------------------------------------------------------------
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """propagations by state and kind, oldest pending, recent dead letters
+
+    Count propagations by state (pending, in_flight = published without an outcome, retrying,
+    applied, dead_lettered) and kind; show the oldest pending one and the dead letters of the
+    last hour."""
+
     import psycopg
 
     from pipeline.ops.options import load_config
@@ -136,8 +57,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     except psycopg.Error as exc:
         raise StoreError(f"cannot read status: {exc}") from exc
     # Both Kafka questions at once, each bounded: status answers within 5 s with a broker down.
-    log_start_get = _in_daemon(lambda: _outcome_log_start(cfg))
-    kafka_get = _in_daemon(lambda: _kafka_section(cfg))
+    log_start_get = in_daemon(lambda: _outcome_log_start(cfg))
+    kafka_get = in_daemon(lambda: _kafka_section(cfg))
     late = f"no answer within {KAFKA_STATUS_TIMEOUT_S:.0f} s"
     log_start = log_start_get(
         KAFKA_STATUS_TIMEOUT_S + 0.5,
@@ -146,7 +67,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     kafka = kafka_get(0.5, {"error": late, "under_replicated": None})
     rc = ExitCode.OK if kafka is None or kafka["error"] is None else ExitCode.PARTIAL
     if args.json:
-        _print_json(
+        print_json(
             {**report.to_dict(), "outcome_log": log_start, "kafka": kafka, "partial": rc != 0}
         )
         return rc
@@ -156,7 +77,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     ]
     rows.append(["total", *(str(n) for n in report.totals().values())])
     oldest = (
-        f"#{report.oldest_pending_id}, {_age(report.oldest_pending_age_seconds)} old"
+        f"#{report.oldest_pending_id}, {age(report.oldest_pending_age_seconds)} old"
         if report.oldest_pending_id is not None
         else "none"
     )
@@ -172,40 +93,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         from rich.console import Console
 
         console = Console()
-        console.print(_table("propagations", columns, rows))
+        console.print(table("propagations", columns, rows))
         for line in footer:
             console.print(line)
     else:
-        _plain(columns, rows)
+        plain(columns, rows)
         for line in footer:
             print(line)
     return rc
-
-
-def _in_daemon(fn: Callable[[], Any]) -> Callable[[float, Any], Any]:
-    """Start ``fn`` in a daemon thread; the returned getter waits at most its timeout and then
-    answers its fallback. A Kafka client that does not let go (its event loop's shutdown waits
-    for tasks a dead broker keeps busy) then cannot hold the command past its bound."""
-    box: queue.Queue[tuple[bool, Any]] = queue.Queue(1)
-
-    def run() -> None:
-        try:
-            box.put((True, fn()))
-        except BaseException as exc:  # handed to the caller
-            box.put((False, exc))
-
-    threading.Thread(target=run, daemon=True).start()
-
-    def get(timeout: float, fallback: Any) -> Any:
-        try:
-            ok, value = box.get(timeout=timeout)
-        except queue.Empty:
-            return fallback
-        if not ok:
-            raise value
-        return value
-
-    return get
 
 
 def _kafka_section(cfg: Any) -> dict[str, Any] | None:
@@ -292,6 +187,13 @@ def _outcome_log_start(cfg: Config) -> dict[str, Any]:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    """retry a dead-lettered (or stuck) propagation now, audited
+
+    Make propagation ID due now. A dead-lettered one is re-opened: its attempt numbers keep
+    counting and its attempt budget restarts. Every retry is recorded in
+    propagation_operator_actions with --reason and the actor. Refused for applied or unknown
+    ids, and for a propagation whose resource has a later applied one (unless --force)."""
+
     import psycopg
 
     from pipeline.ops.options import load_config
@@ -320,149 +222,3 @@ def _current_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
-
-
-# --- lag --------------------------------------------------------------------------------
-
-
-def cmd_lag(args: argparse.Namespace) -> int:
-    from pipeline.components import lag
-    from pipeline.ops.options import load_config
-
-    cfg = load_config(args, ("database_url", "kafka_bootstrap"))
-    sources = lag.pipeline_sources(
-        cfg.processor_group, cfg.commands_topic, cfg.projection_name, cfg.outcomes_topic
-    )
-    kw = cfg.kafka_client_kwargs()
-    if args.watch is not None and args.watch <= 0:
-        raise PipelineError("--watch needs a positive number of seconds")
-    show: Callable[[LagReport], None]
-    if args.json:
-        show = _lag_json
-    elif args.watch is None or not sys.stdout.isatty():
-        show = _lag_plain
-    else:
-        return asyncio.run(_lag_live(kw, cfg.database_url, sources, args.watch))
-    if args.watch is None:
-        return _lag_once(kw, cfg.database_url, sources, show)
-    return asyncio.run(_lag_loop(kw, cfg.database_url, sources, args.watch, show))
-
-
-async def _lag_loop(
-    kw: dict[str, Any],
-    database_url: str,
-    sources: list[Source],
-    watch: float | None,
-    show: Callable[[LagReport], None],
-) -> int:
-    from pipeline.components.lag import LagProbe
-
-    async with LagProbe(kw, database_url) as probe:
-        while True:
-            report = await probe.measure(sources, within_s=LAG_WITHIN_S)
-            show(report)
-            if watch is None:
-                return ExitCode.PARTIAL if report.partial else ExitCode.OK
-            await asyncio.sleep(watch)
-
-
-def _lag_once(
-    kw: dict[str, Any], database_url: str, sources: list[Source], show: Callable[[LagReport], None]
-) -> int:
-    """One measurement, answered within its bound even if a client hangs on the way out."""
-    from pipeline.components.lag import LagProbe
-
-    async def ask() -> LagReport:
-        probe = LagProbe(kw, database_url)
-        await asyncio.wait_for(probe.start(), LAG_START_S)
-        try:
-            return await probe.measure(sources, within_s=LAG_WITHIN_S)
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(probe.close(), 1.0)
-
-    report = _in_daemon(lambda: asyncio.run(ask()))(LAG_START_S + LAG_WITHIN_S + 0.5, None)
-    if report is None:
-        raise BrokerError(f"no lag answer from Kafka within {LAG_START_S + LAG_WITHIN_S:.0f} s")
-    show(report)
-    return ExitCode.PARTIAL if report.partial else ExitCode.OK
-
-
-async def _lag_live(
-    kw: dict[str, Any], database_url: str, sources: list[Source], watch: float
-) -> int:
-    from rich.live import Live
-
-    from pipeline.components.lag import LagProbe
-
-    async with LagProbe(kw, database_url) as probe:
-        with Live(auto_refresh=False) as live:
-            while True:
-                report = await probe.measure(sources, within_s=LAG_WITHIN_S)
-                live.update(_lag_renderable(report), refresh=True)
-                await asyncio.sleep(watch)
-
-
-_LAG_COLUMNS = ("group", "topic", "partition", "committed", "end", "lag", "lag_seconds")
-
-
-def _lag_rows(report: LagReport) -> list[list[str]]:
-    return [
-        [
-            p.group,
-            p.topic,
-            str(p.partition),
-            "-" if p.committed is None else str(p.committed),
-            str(p.end),
-            str(p.lag),
-            f"{p.lag_seconds:.1f}",
-        ]
-        for p in report.partitions
-    ] + [[g, t, str(p), *(["unavailable"] * 4)] for g, t, p in report.unavailable]
-
-
-def _lag_footer(report: LagReport) -> list[str]:
-    from pipeline.domain.events import iso
-
-    lines = [f"missing topic: {t}" for t in report.topics_missing]
-    if report.partial:
-        lines.append(
-            f"partial answer: {len(report.unavailable)} partition(s) unavailable "
-            "(a broker did not answer in time)"
-        )
-    lines += [
-        f"{t}: earliest retained record {iso(at) if at else 'none (empty)'}"
-        for t, at in sorted(report.earliest_retained.items())
-    ]
-    if report.outbox is not None:
-        lines.append(
-            f"outbox: {report.outbox.due_unpublished} due unpublished, oldest "
-            f"{_age(report.outbox.oldest_age_seconds)}"
-        )
-    return lines
-
-
-def _lag_json(report: LagReport) -> None:
-    _print_json(report.to_dict())
-
-
-def _lag_plain(report: LagReport) -> None:
-    if sys.stdout.isatty():
-        from rich.console import Console
-
-        console = Console()
-        console.print(_lag_renderable(report))
-        return
-    _plain(_LAG_COLUMNS, _lag_rows(report))
-    for line in _lag_footer(report):
-        print(line)
-    sys.stdout.flush()
-
-
-def _lag_renderable(report: LagReport) -> Any:
-    from rich.console import Group
-
-    from pipeline.domain.events import iso
-
-    table = _table(f"consumer lag at {iso(report.measured_at)}", _LAG_COLUMNS, _lag_rows(report))
-    return Group(table, *_lag_footer(report))

@@ -333,17 +333,16 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from pipeline.domain.events import Outcome
-    from pipeline.ops.options import config_options
+    from pipeline.ops.options import add_command
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "tail",
-        parents=[config_options()],
-        help="follow the outcome topic as JSON lines (the reference downstream consumer)",
-        description=(
-            "Print outcome events as JSON lines, as a downstream service sees them, with "
-            "_topic/_partition/_offset added. Uses no consumer group. Example: pipeline tail "
-            "--from-timestamp 2025-01-31T00:00Z --outcome applied --kind tier_elevation"
-        ),
+        _cmd_tail,
+        "follow the outcome topic as JSON lines (the reference downstream consumer)",
+        "Print outcome events as JSON lines, as a downstream service sees them, with "
+        "_topic/_partition/_offset added. Uses no consumer group. Example: pipeline tail "
+        "--from-timestamp 2025-01-31T00:00Z --outcome applied --kind tier_elevation",
     )
     add_start_options(p, default="end")
     p.add_argument(
@@ -360,4 +359,3 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="stop at the end of the log as it was at start instead of following",
     )
     p.add_argument("--max", type=int, default=None, metavar="N", help="stop after N events")
-    p.set_defaults(func=_cmd_tail)

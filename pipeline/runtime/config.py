@@ -1,14 +1,18 @@
 """The one configuration object, built from ``PIPELINE_*`` variables at start-up.
 
-Components take plain values from it; nothing else in the package reads ``os.environ``.
+Components take plain values from it; nothing else in the package reads ``os.environ``: the
+few readers at the end of this module serve what is not a setting (the dev stack's cache, role
+passwords, the environment a child process starts from).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+import os
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from pipeline.domain.errors import ConfigError
@@ -286,3 +290,38 @@ def _conninfo_parses(url: str) -> bool:
 
 def _shown(name: str, raw: Any) -> str:
     return "***" if name in _SECRETS else repr(raw)
+
+
+# --- the process environment: every read of os.environ in the package -------------------
+
+
+def load(required: Collection[str] = REQUIRED_FOR_ALL, **overrides: Any) -> Config:
+    """This process's Config: its ``PIPELINE_*`` variables, with flags (``overrides``) winning."""
+    return Config.from_env(os.environ, required, **overrides)
+
+
+def setting_variable(name: str) -> str | None:
+    """The raw ``PIPELINE_<NAME>`` variable of setting ``name``, unparsed and unvalidated
+    (``pipeline dev up`` only asks whether PIPELINE_DATABASE_URL is set)."""
+    if name not in {f.name for f in dataclasses.fields(Config)}:
+        raise KeyError(name)
+    return os.environ.get(f"PIPELINE_{name.upper()}")
+
+
+def stack_cache() -> Path | None:
+    """PIPELINE_STACK_CACHE: where the local stack keeps Kafka's jars and its runs, if set."""
+    value = os.environ.get("PIPELINE_STACK_CACHE")
+    return Path(value).expanduser() if value else None
+
+
+def passwords(variables: Iterable[str]) -> dict[str, str]:
+    """The non-empty ones of ``variables``: passwords come only from the environment, as a
+    flag would show in ``ps`` and the shell history."""
+    return {v: os.environ[v] for v in variables if os.environ.get(v)}
+
+
+def child_env(*, with_settings: bool = True) -> dict[str, str]:
+    """A copy of this process's environment for a child process; ``with_settings=False``
+    drops every ``PIPELINE_*`` variable, for a child that gets its settings from its parent
+    alone (the demo's and the bench's components)."""
+    return {k: v for k, v in os.environ.items() if with_settings or not k.startswith("PIPELINE_")}

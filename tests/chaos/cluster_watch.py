@@ -112,7 +112,7 @@ class FaultWatch:
 
     def _in_process(self) -> LagAnswer:
         from pipeline.components.lag import LagProbe, pipeline_sources
-        from pipeline.ops.status import LAG_WITHIN_S
+        from pipeline.ops.lag import LAG_WITHIN_S
 
         run = self.run
         sources = pipeline_sources(

@@ -19,11 +19,11 @@ import orjson
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipeline.components.supervisor import COMPONENTS
 from pipeline.devtools.stack.procs import free_port
 from pipeline.runtime.exit_codes import ExitCode
 from pipeline.store.migrate import migrate
 
-COMPONENTS = {"relay": "relay", "worker": "worker", "projector": "project"}
 # The exit code of a component that asks its supervisor for a restart (a stalled recovery,
 # an offset gap): the harness restarts it, as `pipeline run` would.
 RESTART_ME = ExitCode.RESTART

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import sys
 import tempfile
@@ -12,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pipeline.devtools.stack.cli import add_brokers_option
 from pipeline.domain.errors import PipelineError
 
 _DESCRIPTION = """\
@@ -68,12 +68,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="use the Kafka and Postgres of PIPELINE_KAFKA_BOOTSTRAP / PIPELINE_DATABASE_URL",
     )
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, data)")
-    p.add_argument(
-        "--brokers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="Kafka nodes of the bench's own stack (default 1); 3 runs a replicated KRaft "
+    add_brokers_option(
+        p,
+        "Kafka nodes of the bench's own stack (default 1); 3 runs a replicated KRaft "
         "quorum (factor 3, min.insync.replicas 2), to measure what replication costs",
     )
     p.set_defaults(func=cmd_bench)
@@ -131,12 +128,12 @@ def _with_stack(use_env: bool, workdir: Path, settings: Any, brokers: int = 1) -
     from pipeline.devtools.stack import procs
     from pipeline.devtools.stack.kafka_cluster import KafkaCluster
     from pipeline.devtools.stack.postgres import ExternalPostgres, PostgresCluster
-    from pipeline.runtime.config import Config
+    from pipeline.runtime import config
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}-"
     db_name = f"bench_{uuid.uuid4().hex[:8]}"
     if use_env:
-        cfg = Config.from_env(os.environ, ("database_url", "kafka_bootstrap"))
+        cfg = config.load(("database_url", "kafka_bootstrap"))
         server = ExternalPostgres(cfg.database_url)
         url = server.create_database(db_name)
         try:
@@ -144,11 +141,8 @@ def _with_stack(use_env: bool, workdir: Path, settings: Any, brokers: int = 1) -
             return asyncio.run(run_bench(stack, settings))
         finally:
             server.drop_database(db_name)
-    cache = os.environ.get("PIPELINE_STACK_CACHE")
     # One node is a KRaft quorum of one: the same broker settings as a lone KafkaBroker.
-    broker = KafkaCluster(
-        workdir / "kafka", Path(cache).expanduser() if cache else procs.default_cache_dir(), brokers
-    )
+    broker = KafkaCluster(workdir / "kafka", procs.cache_dir(), brokers)
     cluster = PostgresCluster(workdir / "postgres")
     try:
         _say(f"starting Kafka ({brokers} node(s)) and Postgres")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,8 +9,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.components.supervisor import COMPONENTS
 from pipeline.devtools.stack import procs
 from pipeline.domain.errors import PipelineError
+from pipeline.runtime.config import child_env
 
 
 @dataclass
@@ -23,9 +24,6 @@ class Stack:
     prefix: str
     workdir: Path
     extra_pids: dict[str, int] = field(default_factory=dict)  # e.g. the broker, if ours
-
-
-COMPONENTS = {"relay": "relay", "worker": "worker", "projector": "project"}
 
 
 class Components:
@@ -53,7 +51,7 @@ class Components:
 
     def start_provisioner(self) -> None:
         port = procs.free_port()
-        self._spawn("provisioner", ["fake-provisioner", "--port", str(port)], dict(os.environ))
+        self._spawn("provisioner", ["fake-provisioner", "--port", str(port)], child_env())
         deadline = time.monotonic() + 30
         while not procs.port_accepts(port):
             self.check()
@@ -67,7 +65,7 @@ class Components:
             self.start_component(name)
 
     def start_component(self, name: str, **extra_env: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+        env = child_env(with_settings=False)
         env.update(
             PIPELINE_DATABASE_URL=self.stack.database_url,
             PIPELINE_KAFKA_BOOTSTRAP=self.stack.bootstrap,

@@ -17,7 +17,8 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -69,19 +70,42 @@ class PeerTrial:
         return self.applied / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "peer": self.peer,
-            "settings": self.settings,
-            "count": self.count,
-            "applied": self.applied,
-            "seconds": self.seconds,
-            "per_second": self.per_second,
-            "cpu_seconds": self.cpu_seconds,
-            "peak_rss_mb": self.peak_rss_mb,
-        }
+        return {**asdict(self), "per_second": self.per_second}
 
 
 # --- the bench's side -------------------------------------------------------------------
+
+
+async def wait_applied(
+    applied_now: Callable[[], Awaitable[int]],
+    count: int,
+    t0: float,
+    limit_s: float,
+    died: Callable[[], bool],
+    every_s: float,
+) -> tuple[int, float]:
+    """Poll until ``count`` jobs are applied, a worker process died or ``limit_s`` passed since
+    ``t0`` (perf_counter, taken before the enqueue): the jobs applied, the seconds since ``t0``."""
+    applied = 0
+    while time.perf_counter() - t0 < limit_s:
+        applied = await applied_now()
+        if applied >= count or died():
+            break
+        await asyncio.sleep(every_s)
+    return applied, time.perf_counter() - t0
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, 30 s to stop, then SIGKILL; and close the pipe of its stdout."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 async def run_trial(
@@ -114,25 +138,18 @@ async def run_trial(
         async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
             t0 = time.perf_counter()
             await _enqueue(peer, database_url, count)
-            applied = 0
-            while time.perf_counter() - t0 < limit_s:
-                applied = await store.peer_applied(conn, peer)
-                if applied >= count or proc.poll() is not None:
-                    break
-                await asyncio.sleep(0.05)
-            elapsed = time.perf_counter() - t0
+            applied, elapsed = await wait_applied(
+                lambda: store.peer_applied(conn, peer),
+                count,
+                t0,
+                limit_s,
+                lambda: proc.poll() is not None,
+                every_s=0.05,
+            )
         sampler.end_phase()
         await sampler.stop()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, 30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        await asyncio.to_thread(stop_process, proc)
     return PeerTrial(
         peer,
         dict(settings),

@@ -29,7 +29,13 @@ from typing import Any
 import orjson
 import psycopg
 
-from pipeline.devtools.bench.peers import PeerTrial, provisioner_client, regrade
+from pipeline.devtools.bench.peers import (
+    PeerTrial,
+    provisioner_client,
+    regrade,
+    stop_process,
+    wait_applied,
+)
 from pipeline.devtools.bench.procstats import ProcSampler
 from pipeline.store import bench as store
 
@@ -82,19 +88,20 @@ async def run_trial(
         async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
             t0 = time.perf_counter()
             await store.plain_insert(conn, count)
-            applied = 0
-            while time.perf_counter() - t0 < limit_s:
-                applied = await store.plain_applied(conn)
-                if applied >= count or any(p.poll() is not None for p in procs.values()):
-                    break
-                await asyncio.sleep(0.02)
-            elapsed = time.perf_counter() - t0
+            applied, elapsed = await wait_applied(
+                lambda: store.plain_applied(conn),
+                count,
+                t0,
+                limit_s,
+                lambda: any(p.poll() is not None for p in procs.values()),
+                every_s=0.02,
+            )
         sampler.end_phase()
         await sampler.stop()
     finally:
         await sampler.stop()
         for proc in procs.values():
-            _stop(proc)
+            stop_process(proc)
     cpu = {role: sampler.cpu_seconds(role) for role in ROLES}
     trial = PeerTrial(
         "plain",
@@ -127,18 +134,6 @@ def _spawn(
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
     log.close()
     return proc
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 # --- the role processes -----------------------------------------------------------------

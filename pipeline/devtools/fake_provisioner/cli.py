@@ -9,8 +9,6 @@ import sys
 import threading
 from typing import Any
 
-from pipeline.devtools.fake_provisioner.rules import load_rules
-from pipeline.devtools.fake_provisioner.server import FakeProvisioner
 from pipeline.domain.events import iso, utcnow
 
 _HELP = """\
@@ -69,6 +67,10 @@ def _log(event: str, **fields_: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Here, not at the top: build_parser imports this module, and --help loads no grpc.
+    from pipeline.devtools.fake_provisioner.rules import load_rules
+    from pipeline.devtools.fake_provisioner.server import FakeProvisioner
+
     rules = load_rules(args.rules) if args.rules else []
     fake = FakeProvisioner(rules, seed=args.seed, batch_enabled=not args.no_batch)
     stop = threading.Event()

@@ -7,7 +7,6 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import grpc.aio
 from pipeline.adapters.proto import provisioner_pb2 as pb
 from pipeline.adapters.proto import provisioner_pb2_grpc as pb_grpc
 from pipeline.devtools.fake_provisioner.admin import AdminServer
+from pipeline.devtools.fake_provisioner.records import Call, Effect
 from pipeline.devtools.fake_provisioner.rules import STATUS_CODES, Rule, choose_rule
 from pipeline.domain.errors import ConfigError
 
@@ -29,39 +29,6 @@ _SERVER_OPTIONS = [
     ("grpc.server.max_pending_requests", 1_000_000),
     ("grpc.server.max_pending_requests_hard_limit", 1_000_000),
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Effect:
-    """A change the provisioner made. Two for one key would be a double application."""
-
-    idempotency_key: str
-    method: str
-    team_id: str
-    resource_type: str
-    resource_id: str
-    target_tier: str
-    at: float  # unix seconds
-    # The applying call that made it: its place in the fake's call sequence and the fake's
-    # own monotonic clock, so order checks need not trust the pipeline's record.
-    seq: int = 0
-    mono: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One RPC as the provisioner saw it."""
-
-    idempotency_key: str
-    method: str
-    resource_id: str
-    outcome: str  # applied | replayed | skipped | error:CODE | cancelled
-    at: float
-    seq: int = 0  # 1, 2, ... in the order calls finished, over the fake's whole life
-    mono: float = 0.0  # time.monotonic() when it finished
-    # The call reached the point of applying: it applied, would have applied but the key
-    # already had (replayed), or applied and then answered an error (apply_then_error).
-    applying: bool = False
 
 
 class _Servicer(pb_grpc.ProvisionerServicer):

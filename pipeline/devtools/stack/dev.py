@@ -1,7 +1,8 @@
 """``pipeline dev up|down|status``: the local stack as long-lived background services.
 
 ``up`` prints ``export PIPELINE_...`` lines on stdout (everything else goes to stderr), so
-``eval "$(pipeline dev up)"`` points the other commands at the stack.
+``eval "$(pipeline dev up)"`` points the other commands at the stack. The command line is
+``stack.cli``, which imports this module only when a command runs.
 """
 
 from __future__ import annotations
@@ -21,68 +22,18 @@ from pipeline.devtools.stack.kafka import KafkaBroker
 from pipeline.devtools.stack.kafka_cluster import KafkaCluster, quorum_leader
 from pipeline.devtools.stack.postgres import ExternalPostgres, PostgresCluster, mask_url
 from pipeline.domain.errors import StackError
+from pipeline.runtime.config import setting_variable
 
 STATE_FILE = "state.json"
 PROVISIONER = "provisioner"
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    dev = sub.add_parser(
-        "dev",
-        help="start, stop or inspect the local stack (Kafka, Postgres, fake provisioner)",
-        description=(
-            "Run the local stack without Docker: a KRaft Kafka broker (jars fetched once with "
-            "Maven into PIPELINE_STACK_CACHE, default ~/.cache/pipeline-stack), a Postgres "
-            "cluster (skipped when PIPELINE_DATABASE_URL is set) and the fake provisioner."
-        ),
-    )
-    dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="ACTION")
-
-    def with_state_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument(
-            "--state-dir",
-            type=Path,
-            default=None,
-            help="where the services keep data, logs and state (default: <cache>/dev)",
-        )
-        return p
-
-    up = with_state_dir(
-        dev_sub.add_parser(
-            "up",
-            help="start the stack (no-op if running) and print export lines",
-            description='Start the stack and print export lines; use: eval "$(pipeline dev up)"',
-        )
-    )
-    up.add_argument("--timeout", type=float, default=120, help="seconds per service to start")
-    up.add_argument(
-        "--brokers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="Kafka nodes: 1 (default) or a KRaft quorum of N combined broker+controller nodes, "
-        "each with its own ports and data folder; topics then default to factor min(3, N)",
-    )
-    up.set_defaults(func=cmd_up)
-    down = with_state_dir(dev_sub.add_parser("down", help="stop the stack and forget its state"))
-    down.set_defaults(func=cmd_down)
-    status = with_state_dir(
-        dev_sub.add_parser("status", help="show each service (exit 1 unless all are running)")
-    )
-    status.set_defaults(func=cmd_status)
-
-
 # --- commands ---------------------------------------------------------------------------
-
-
-def _cache_dir() -> Path:
-    override = os.environ.get("PIPELINE_STACK_CACHE")
-    return Path(override).expanduser() if override else procs.default_cache_dir()
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
     given: Path | None = args.state_dir
-    return (given or _cache_dir() / "dev").expanduser().resolve()
+    return (given or procs.cache_dir() / "dev").expanduser().resolve()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -102,7 +53,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         _info("dev stack is partly down; restarting it")
         _stop_all(state, state_dir)
 
-    cache_dir = _cache_dir()
+    cache_dir = procs.cache_dir()
     run_dir = cache_dir / "run"
     started: list[Callable[[], None]] = []
     services: dict[str, dict[str, Any]] = {}
@@ -119,7 +70,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         else:
             services.update(_start_cluster(state_dir, cache_dir, run_dir, args, started))
 
-        external = os.environ.get("PIPELINE_DATABASE_URL")
+        external = setting_variable("database_url")
         if external:
             db = ExternalPostgres(external)
             _info(f"using external Postgres {mask_url(external)}")
@@ -283,7 +234,7 @@ def _start_provisioner(state_dir: Path, run_dir: Path, timeout: float) -> dict[s
 
 
 def _stop_all(state: dict[str, Any], state_dir: Path) -> None:
-    run_dir = _cache_dir() / "run"
+    run_dir = procs.cache_dir() / "run"
     services: dict[str, dict[str, Any]] = state["services"]
     # Reverse start order: the provisioner and Postgres go before the broker.
     for name, svc in reversed(list(services.items())):

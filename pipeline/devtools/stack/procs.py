@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.domain.errors import StackError
+from pipeline.runtime.config import stack_cache
 
 LOCALHOST = "127.0.0.1"
 # SIGTERM is a "smart" shutdown for Postgres that waits for clients to leave; SIGINT is "fast".
@@ -27,6 +28,12 @@ _STOP_SIGNALS = {"postgres": signal.SIGINT}
 
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "pipeline-stack"
+
+
+def cache_dir() -> Path:
+    """PIPELINE_STACK_CACHE if set, else the default: where `dev`, `demo` and `bench` cache
+    Kafka's jars and keep their runs."""
+    return stack_cache() or default_cache_dir()
 
 
 def default_run_dir() -> Path:

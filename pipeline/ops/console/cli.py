@@ -8,20 +8,9 @@ from pipeline.domain.errors import PipelineError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from pipeline.ops.options import config_options
+    from pipeline.ops.options import add_command
 
-    p = sub.add_parser(
-        "ui",
-        parents=[config_options()],
-        help="the operator console in the browser: overview, dead letters, retry, replays",
-        description=(
-            "Serve the operator console on PIPELINE_UI_HOST:PIPELINE_UI_PORT "
-            "(127.0.0.1:9480 by default). It is read-only unless PIPELINE_UI_TOKEN is set "
-            "(at least 16 characters; prefer the variable to the flag, which shows in ps); "
-            "retrying then needs that token. Run it as the pipeline_operator database role "
-            "of `pipeline migrate --create-roles`: it needs nothing more."
-        ),
-    )
+    p = add_command(sub, "ui", cmd_ui)
     p.add_argument(
         "--lag-interval",
         type=float,
@@ -29,10 +18,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="S",
         help="seconds between lag and overview measurements (default 5; longer when slow)",
     )
-    p.set_defaults(func=cmd_ui)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """the operator console in the browser: overview, dead letters, retry, replays
+
+    Serve the operator console on PIPELINE_UI_HOST:PIPELINE_UI_PORT (127.0.0.1:9480 by default).
+    It is read-only unless PIPELINE_UI_TOKEN is set (at least 16 characters; prefer the variable
+    to the flag, which shows in ps); retrying then needs that token. Run it as the
+    pipeline_operator database role of `pipeline migrate --create-roles`: it needs nothing more."""
+
     try:
         import uvicorn
 

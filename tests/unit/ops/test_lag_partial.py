@@ -10,7 +10,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
 from pipeline.components.lag import LagReport, PartitionLag, _Budget
-from pipeline.ops.status import _lag_footer, _lag_rows
+from pipeline.ops.lag import _footer, _rows
 
 
 async def _ask(tps: list[TopicPartition]) -> dict[TopicPartition, int]:
@@ -51,8 +51,8 @@ def test_the_report_marks_unavailable_partitions() -> None:
     doc = report.to_dict()
     assert doc["partial"] is True
     assert doc["unavailable"] == [{"group": "g", "topic": "t", "partition": 1}]
-    assert _lag_rows(report)[1] == ["g", "t", "1", *["unavailable"] * 4]
-    assert any("partial answer: 1 partition(s) unavailable" in x for x in _lag_footer(report))
+    assert _rows(report)[1] == ["g", "t", "1", *["unavailable"] * 4]
+    assert any("partial answer: 1 partition(s) unavailable" in x for x in _footer(report))
     whole = LagReport(datetime(2026, 1, 1, tzinfo=UTC), [])
     assert not whole.partial and whole.to_dict()["partial"] is False
 

@@ -1,10 +1,5 @@
-"""``pipeline demo``: the whole pipeline on a local stack, a workload covering every outcome path,
-live progress, and a summary checked against Postgres, the outcome topic and the provisioner.
-
-It starts its own Kafka, Postgres and fake provisioner in a fresh run folder (so it never
-touches a ``pipeline dev`` stack), runs relay, worker and projector as processes, and tears
-everything down at the end unless ``--keep`` is given. The workload is ``demo_workload``.
-"""
+"""The demo's run: its own stack and processes, the workload driven through them, and the
+checked summary; torn down at the end unless ``--keep``."""
 
 from __future__ import annotations
 
@@ -20,59 +15,24 @@ import time
 import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.components.supervisor import COMPONENTS
+from pipeline.devtools.demo.display import Display, summary_table
+from pipeline.devtools.demo.observe import Lag, terminal_events
 from pipeline.devtools.stack import procs
 from pipeline.devtools.stack.kafka import KafkaBroker
 from pipeline.devtools.stack.postgres import PostgresCluster
-from pipeline.domain.errors import BrokerError, PipelineError, StackError
+from pipeline.domain.errors import PipelineError, StackError
 from pipeline.runtime.config import Config
 
 if TYPE_CHECKING:
     from pipeline.devtools.workload import PathResult
-    from pipeline.store.demo import Progress
 
-# Drivers, the workload (grpc via the fake's rules) and the event codec load in cmd_demo only:
-# build_parser imports this module for every `pipeline` command, and --help must stay fast.
-COMPONENTS = {"relay": "relay", "worker": "worker", "projector": "project"}
 ENQUEUE_BATCH = 250
 KEEP_RUNS = 5  # finished runs whose logs are kept; older ones are pruned
 UI_PORT = 9480  # the console's preferred port (the next free one if taken)
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run the pipeline on a local stack with a workload covering every outcome path",
-        description=(
-            "Start Kafka, Postgres and the fake provisioner, run relay, worker and projector, "
-            "enqueue a workload that takes every outcome path, show progress, and check the "
-            "result in Postgres and on the outcome topic. Exit 1 on a mismatch or a timeout."
-        ),
-    )
-    p.add_argument("--count", type=int, default=3000, help="propagations to enqueue (3000)")
-    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for all (600)")
-    p.add_argument("--keep", action="store_true", help="leave the stack and components running")
-    p.add_argument("--state-dir", type=Path, default=None, help="runs folder (<cache>/demo)")
-    p.add_argument("--backoff-scale", type=float, default=0.0002, help="(0.0002: 8h is 5.8s)")
-    p.add_argument("--partitions", type=int, default=6, help="partitions of the topics (6)")
-    p.add_argument("--metrics-port", type=int, default=9400, help="first /metrics port (9400)")
-    p.add_argument("--plain", action="store_true", help="periodic lines even on a terminal")
-    p.set_defaults(func=cmd_demo)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.devtools import workload as wl
-
-    if args.count < wl.MIN_COUNT:
-        raise PipelineError(f"--count must be at least {wl.MIN_COUNT} (one per path)")
-    cache = os.environ.get("PIPELINE_STACK_CACHE")
-    cache_dir = Path(cache).expanduser() if cache else procs.default_cache_dir()
-    # The components get their settings from the demo alone, never from the caller's PIPELINE_*.
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    return Demo(args, cache_dir, base_env, live=sys.stdout.isatty() and not args.plain).run()
 
 
 class Demo:
@@ -151,7 +111,8 @@ class Demo:
             # A value this worker image has no handler for, as a newer API release would add.
             unknown_kind = f"demo_kind_{uuid.uuid4().hex[:6]}"
             await store.add_kind(unknown_kind)
-            async with _Lag(self.cfg) as lag, _Display(self, len(rows)) as display:
+            display = Display(self.console, self._say, self.live, len(rows))
+            async with Lag(self.cfg) as lag, display:
                 for start in range(0, len(rows), ENQUEUE_BATCH):
                     async with store.batch():
                         for r in rows[start : start + ENQUEUE_BATCH]:
@@ -172,7 +133,7 @@ class Demo:
                         break  # the summary still shows which paths did not finish
                     await asyncio.sleep(0.5)
             timed_out = progress.terminal < len(rows)
-            events = await _terminal_events(self.cfg)
+            events = await terminal_events(self.cfg)
             effects = await asyncio.to_thread(self._effects)
             states = await store.path_states()
         results = wl.compare(ids_by_path, states, events, effects, self.MAX_ATTEMPTS)
@@ -378,7 +339,7 @@ class Demo:
     def _summary(self, results: list[PathResult], startup_s: float, run_s: float) -> None:
         from pipeline.devtools.workload import CHECK_SQL, SUMMARY_HEADERS, SUMMARY_LEGEND
 
-        self.console.print(_table(SUMMARY_HEADERS, [r.row() for r in results], self.live))
+        self.console.print(summary_table(SUMMARY_HEADERS, [r.row() for r in results], self.live))
         total = sum(r.enqueued for r in results)
         self._say(
             f"{total} propagations, {run_s:.1f}s from the first enqueue to the end of the wait "
@@ -400,139 +361,3 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 def _entry(kind: str, pid: int, address: str, signature: str) -> dict[str, Any]:
     return {"pid": pid, "address": address, "kind": kind, "signature": signature, "log": None}
-
-
-def _table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]], rich_table: bool) -> Any:
-    if rich_table:
-        from rich.table import Table
-
-        table = Table(title="demo summary")
-        for h in headers:
-            # Only the prose column wraps; counts and verdicts stay on one line each.
-            table.add_column(h, overflow="fold", no_wrap=h != "what")
-        for row in rows:
-            style = "green" if row[-1] == "OK" else "bold red"
-            table.add_row(*row[:-1], f"[{style}]{row[-1]}[/{style}]")
-        return table
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = [row for row in (headers, *rows)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
-
-
-class _Display:
-    """Live progress: a rich progress bar on a terminal, a plain line every few seconds else."""
-
-    PLAIN_EVERY_S = 5.0
-
-    def __init__(self, demo: Demo, total: int) -> None:
-        self._demo, self._total = demo, total
-        self._t0 = time.monotonic()
-        self._last_line = 0.0
-        self._live: Any = None
-        self.elapsed = 0.0
-
-    async def __aenter__(self) -> _Display:
-        if self._demo.live:
-            from rich import progress as rp
-            from rich.console import Group
-            from rich.live import Live
-            from rich.text import Text
-
-            columns = (rp.BarColumn(), rp.MofNCompleteColumn(), rp.TimeElapsedColumn())
-            self._bar = rp.Progress(rp.TextColumn("terminal"), *columns)
-            self._task = self._bar.add_task("demo", total=self._total)
-            # Stats on their own lines: they wrap on a narrow terminal instead of being cut.
-            self._stats = Text()
-            group = Group(self._bar, self._stats)
-            self._live = Live(group, console=self._demo.console, refresh_per_second=4)
-            self._live.start()
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        self.close()
-
-    def update(self, p: Progress, lag: str) -> None:
-        self.elapsed = time.monotonic() - self._t0
-        stats = (
-            f"enqueued {p.enqueued}/{self._total} | in flight {p.in_flight} | applied "
-            f"{p.applied} | retrying {p.retrying} | dead-lettered {p.dead_lettered} | {lag}"
-        )
-        if self._live is not None:
-            self._bar.update(self._task, completed=p.terminal)
-            self._stats.plain = stats
-        elif self.elapsed - self._last_line >= self.PLAIN_EVERY_S or p.terminal >= self._total:
-            self._last_line = self.elapsed
-            self._demo._say(f"{self.elapsed:6.1f}s terminal {p.terminal}/{self._total} | {stats}")
-
-    def close(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
-
-
-class _Lag:
-    """Consumer lag of the worker's group and of the projection, as `pipeline lag` shows it.
-    Informational: a failed probe shows as '?' and never stops the demo."""
-
-    def __init__(self, cfg: Config) -> None:
-        from pipeline.components.lag import LagProbe, pipeline_sources
-
-        self._cfg = cfg
-        self._probe = LagProbe(cfg.kafka_client_kwargs(), cfg.database_url)
-        self._sources = pipeline_sources(
-            cfg.processor_group, cfg.commands_topic, cfg.projection_name, cfg.outcomes_topic
-        )
-
-    async def __aenter__(self) -> _Lag:
-        await self._probe.start()
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self._probe.close()
-
-    async def measure(self) -> str:
-        try:
-            report = await self._probe.measure(self._sources, outbox=False)
-        except PipelineError:
-            return "lag ?"
-        worker, projector = self._cfg.processor_group, self._cfg.projection_name
-        return (
-            f"lag worker {report.total(worker)} ({report.max_seconds(worker):.1f}s) "
-            f"projector {report.total(projector)} ({report.max_seconds(projector):.1f}s)"
-        )
-
-
-async def _terminal_events(cfg: Config) -> dict[int, set[tuple[int, str]]]:
-    """Per propagation, its distinct terminal (attempt, outcome) events on the outcome topic,
-    read from the beginning up to the end offsets of now."""
-    import orjson
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.errors import KafkaError
-
-    from pipeline.adapters.topics import partitions_for
-    from pipeline.devtools.workload import TERMINAL_OUTCOMES
-
-    consumer = AIOKafkaConsumer(**cfg.kafka_client_kwargs(), enable_auto_commit=False)
-    out: dict[int, set[tuple[int, str]]] = defaultdict(set)
-    try:
-        parts = await partitions_for(cfg.kafka_client_kwargs(), cfg.outcomes_topic)
-        await consumer.start()
-        tps = [TopicPartition(cfg.outcomes_topic, p) for p in parts]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                for m in msgs:
-                    try:
-                        doc = orjson.loads(m.value or b"")
-                    except orjson.JSONDecodeError:
-                        continue
-                    outcome = doc.get("outcome") if isinstance(doc, dict) else None
-                    if outcome in TERMINAL_OUTCOMES and isinstance(doc["propagation_id"], int):
-                        out[doc["propagation_id"]].add((int(doc["attempt"]), str(outcome)))
-    except KafkaError as exc:
-        raise BrokerError(f"cannot read {cfg.outcomes_topic}: {exc}") from exc
-    finally:
-        await consumer.stop()
-    return dict(out)
