@@ -127,6 +127,8 @@ async def test_bench_small_run_reports_every_field(
     assert report["targets"]["rss_flat_over_10_minutes"]["met"] is False  # 6 s is not 10 min
     meta = report["meta"]
     assert meta["count"] == COUNT and len(meta["loadavg_start"]) == 3
+    # Restarts the components asked for (a worker's offset gap under load): named, never hidden.
+    assert set(meta["component_restarts"]) <= {"relay", "worker", "projector"}
 
     out = io.StringIO()
     report_mod.render(report, Console(file=out, width=200))

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from pipeline.components.supervisor import COMPONENTS
 from pipeline.devtools.stack import procs
 from pipeline.domain.errors import PipelineError
 from pipeline.runtime.config import child_env
+from pipeline.runtime.exit_codes import ExitCode
 
 
 @dataclass
@@ -37,8 +39,14 @@ class Components:
         self.names = ["relay", *self.workers, "projector"]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.provisioner_addr = ""
+        # A component that exits asking for a restart (a worker's offset gap after a
+        # rebalance, say) is restarted, as `pipeline run` would; the report counts them.
+        self.restarts: dict[str, int] = {}
+        self.on_restart: list[Callable[[str, int], None]] = []
+        self._spawned: dict[str, tuple[list[str], dict[str, str]]] = {}
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        self._spawned[name] = (args, env)
         log = (self.stack.workdir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "pipeline.ops.cli", *args],
@@ -81,6 +89,13 @@ class Components:
 
     def check(self) -> None:
         dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+        for name, rc in list(dead.items()):
+            if rc == ExitCode.RESTART and name in self.names:
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                self._spawn(name, *self._spawned[name])
+                for hook in self.on_restart:
+                    hook(name, self.procs[name].pid)
+                del dead[name]
         if dead:
             raise PipelineError(f"bench components exited: {dead}\n{self.logs()}")
 

@@ -15,6 +15,8 @@ class _Tracked:
     peak_rss: int = 0
     cpu_mark: float = 0.0
     cpu_phase: float = 0.0
+    cpu_last: float = 0.0  # the latest reading: what a process that died had used
+    cpu_carried: float = 0.0  # this phase's CPU of the processes this name replaced
 
 
 @dataclass
@@ -26,8 +28,14 @@ class ProcSampler:
     _task: asyncio.Task[None] | None = None
 
     def track(self, name: str, pid: int) -> None:
-        self._tracked[name] = _Tracked(psutil.Process(pid))
-        self._sample_one(self._tracked[name])
+        """Track ``pid`` under ``name``; a restarted process replaces its predecessor, whose
+        CPU in the current phase (up to its last sample) still counts."""
+        old = self._tracked.get(name)
+        new = _Tracked(psutil.Process(pid))
+        if old is not None:
+            new.cpu_carried = old.cpu_carried + max(old.cpu_last - old.cpu_mark, 0.0)
+        self._tracked[name] = new
+        self._sample_one(new)
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._loop())
@@ -45,11 +53,12 @@ class ProcSampler:
         """Start a CPU phase: remember every process's CPU time now."""
         for t in self._tracked.values():
             t.cpu_mark = _cpu(t.proc)
+            t.cpu_carried = 0.0
 
     def end_phase(self) -> None:
         for t in self._tracked.values():
             cpu = _cpu(t.proc)
-            t.cpu_phase = max(cpu - t.cpu_mark, 0.0) if cpu else t.cpu_phase
+            t.cpu_phase = t.cpu_carried + max((cpu or t.cpu_last) - t.cpu_mark, 0.0)
             self._sample_one(t)
 
     def cpu_seconds(self, name: str) -> float:
@@ -71,6 +80,7 @@ class ProcSampler:
     def _sample_one(t: _Tracked) -> None:
         with contextlib.suppress(psutil.Error):
             t.peak_rss = max(t.peak_rss, int(t.proc.memory_info().rss))
+            t.cpu_last = _cpu(t.proc) or t.cpu_last
 
 
 def _cpu(proc: psutil.Process) -> float:

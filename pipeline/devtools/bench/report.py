@@ -159,6 +159,11 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
             if meta.get("loadavg_end")
             else ""
         )
+        + (
+            f"; components restarted on request: {meta['component_restarts']}"
+            if meta.get("component_restarts")
+            else ""
+        )
     )
     console.print(t)
     for comp, prof in report.get("profile", {}).items():

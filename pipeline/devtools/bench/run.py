@@ -342,6 +342,7 @@ async def run_bench(stack: Stack, s: Settings) -> dict[str, Any]:
             sampler.track(name, p.pid)
         for name, pid in stack.extra_pids.items():
             sampler.track(name, pid)
+        comps.on_restart.append(sampler.track)
         sampler.start()
         await _warm(comps, "warm-")
         s.progress(f"saturation: {s.count} rows at once")
@@ -357,9 +358,13 @@ async def run_bench(stack: Stack, s: Settings) -> dict[str, Any]:
             report["components"][name]["peak_rss_mb"] = sampler.peak_rss_mb(name)
         if s.steady_minutes > 0:
             s.progress(f"steady: {s.rate:g}/s for {s.steady_minutes:g} min, RSS sampled")
-            pids = {n: comps.procs[n].pid for n in comps.names}
             report["steady"] = await steady.run(
-                comps.stack.database_url, pids, s.rate, s.steady_minutes, s.progress, comps.check
+                comps.stack.database_url,
+                lambda: {n: comps.procs[n].pid for n in comps.names},
+                s.rate,
+                s.steady_minutes,
+                s.progress,
+                comps.check,
             )
         comps.stop(*comps.names)
         await sampler.stop()
@@ -371,4 +376,7 @@ async def run_bench(stack: Stack, s: Settings) -> dict[str, Any]:
         await sampler.stop()
         comps.stop()
     report["meta"]["loadavg_end"] = list(os.getloadavg())
+    # Restarts a component asked for (ExitCode.RESTART), by name: each one costs the phase
+    # it fell in some throughput, so a reader of the numbers must see them.
+    report["meta"]["component_restarts"] = dict(comps.restarts)
     return report

@@ -35,13 +35,14 @@ def flatness(series: list[float]) -> dict[str, float]:
 
 async def run(
     database_url: str,
-    pids: dict[str, int],
+    pids: Callable[[], dict[str, int]],
     rate: float,
     minutes: float,
     progress: Callable[[str], None],
     check: Callable[[], None],
 ) -> dict[str, Any]:
-    procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+    # ``pids`` is asked at every sample: a component restarted by ``check`` has a new one.
+    procs = {name: psutil.Process(pid) for name, pid in pids().items()}
     series: dict[str, list[float]] = {name: [] for name in procs}
     duration = minutes * 60
     sent = 0
@@ -55,6 +56,9 @@ async def run(
                 sent = due
             if now >= next_sample:
                 check()
+                for name, pid in pids().items():
+                    if procs[name].pid != pid:
+                        procs[name] = psutil.Process(pid)
                 for name, proc in procs.items():
                     series[name].append(proc.memory_info().rss / (1024 * 1024))
                 elapsed = now - t0
