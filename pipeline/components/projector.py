@@ -12,16 +12,15 @@ import asyncio
 import contextlib
 from typing import Any
 
-import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.adapters.topics import partitions_for
-from pipeline.domain import codec
-from pipeline.domain.codec import Undecodable
+from pipeline.domain.codec import decode_outcomes
 from pipeline.domain.errors import StoreError
 from pipeline.runtime import logs
 from pipeline.runtime.metrics import Metrics
-from pipeline.store.projection import Located, ProjectionStore
+from pipeline.store.db import session
+from pipeline.store.projection import ProjectionStore
 
 _log = logs.get("projector")
 
@@ -53,7 +52,7 @@ class Projector:
         while not stop.is_set():
             try:
                 await self._run_once(stop)
-            except (StoreError, psycopg.Error) as exc:
+            except StoreError as exc:
                 self.state = "failed"
                 logs.event(_log, "failed", error=str(exc)[:500], retry_in_s=1.0)
                 with contextlib.suppress(TimeoutError):
@@ -62,7 +61,7 @@ class Projector:
         logs.event(_log, "stopped", folded=self.folded)
 
     async def _run_once(self, stop: asyncio.Event) -> None:
-        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+        async with session(self._url) as conn:
             store = ProjectionStore(conn, self._projection)
             if not await self._acquire(store, stop):
                 return
@@ -111,26 +110,18 @@ class Projector:
         logs.event(_log, "partitions_assigned", partitions=partitions, checkpoints=checkpoints)
 
     async def _fold(self, store: ProjectionStore, batch: dict[Any, list[Any]]) -> None:
-        items: list[Located] = []
-        next_offsets: dict[tuple[str, int], int] = {}
-        for tp, messages in batch.items():
-            for msg in messages:
-                next_offsets[(tp.topic, tp.partition)] = msg.offset + 1
-                decoded = codec.decode_outcome(msg.value)
-                if isinstance(decoded, Undecodable):
-                    # Counted and skipped: a foreign or corrupt message must not stall the
-                    # partition; the checkpoint moves past it.
-                    self._metrics.record_invalid(decoded.reason, self._topic)
-                    logs.event(
-                        _log,
-                        "invalid_outcome_skipped",
-                        partition=tp.partition,
-                        offset=msg.offset,
-                        reason=decoded.reason,
-                    )
-                    continue
-                items.append(Located(decoded, tp.topic, tp.partition, msg.offset))
-        changed = await store.fold_batch(items, next_offsets)
-        for item, did in zip(items, changed, strict=True):
+        decoded = decode_outcomes(msg for messages in batch.values() for msg in messages)
+        for skip in decoded.skipped:
+            # Counted and skipped: the checkpoint moves past it.
+            self._metrics.record_invalid(skip.reason, self._topic)
+            logs.event(
+                _log,
+                "invalid_outcome_skipped",
+                partition=skip.partition,
+                offset=skip.offset,
+                reason=skip.reason,
+            )
+        changed = await store.fold_batch(decoded.items, decoded.next_offsets)
+        for item, did in zip(decoded.items, changed, strict=True):
             self._metrics.projected.labels(item.event.outcome.value, str(did).lower()).inc()
-        self.folded += len(items)
+        self.folded += len(decoded.items)

@@ -92,6 +92,23 @@ class OutboxRow:
     budget_base: int = 0
 
 
+# What every event carries after its ``schema`` and before its own fields (SPEC section 3),
+# in the order the wire has always had.
+ENVELOPE = (
+    "event_id",
+    "propagation_id",
+    "kind",
+    "attempt",
+    "team_id",
+    "resource_type",
+    "resource_id",
+)
+
+
+def _envelope(event: Command | OutcomeEvent) -> dict[str, Any]:
+    return {"schema": event.schema, **{name: getattr(event, name) for name in ENVELOPE}}
+
+
 @dataclass(frozen=True, slots=True)
 class Command:
     """``propagation.command.v1``: one attempt at one propagation, as put on the log."""
@@ -136,18 +153,21 @@ class Command:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema": self.schema,
-            "event_id": self.event_id,
-            "propagation_id": self.propagation_id,
-            "kind": self.kind,
-            "attempt": self.attempt,
-            "team_id": self.team_id,
-            "resource_type": self.resource_type,
-            "resource_id": self.resource_id,
+            **_envelope(self),
             "payload": self.payload,
             "timestamp": self.timestamp,
             "attempt_budget_base": self.attempt_budget_base,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Command:
+        """From a document valid against ``propagation.command.v1``."""
+        return cls(
+            **{name: d[name] for name in ENVELOPE},
+            payload=d["payload"],
+            timestamp=d["timestamp"],
+            attempt_budget_base=d.get("attempt_budget_base", 0),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,14 +202,7 @@ class OutcomeEvent:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema": self.schema,
-            "event_id": self.event_id,
-            "propagation_id": self.propagation_id,
-            "kind": self.kind,
-            "attempt": self.attempt,
-            "team_id": self.team_id,
-            "resource_type": self.resource_type,
-            "resource_id": self.resource_id,
+            **_envelope(self),
             "timestamp": self.timestamp,
             "outcome": self.outcome.value,
             "audit_kind": self.audit_kind,
@@ -206,15 +219,10 @@ class OutcomeEvent:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OutcomeEvent:
+        """From a document valid against ``propagation.outcome.v1``."""
         dlr = d.get("dead_letter_reason")
         return cls(
-            event_id=d["event_id"],
-            propagation_id=int(d["propagation_id"]),
-            kind=d["kind"],
-            attempt=int(d["attempt"]),
-            team_id=d["team_id"],
-            resource_type=d["resource_type"],
-            resource_id=d["resource_id"],
+            **{name: d[name] for name in ENVELOPE},
             timestamp=d["timestamp"],
             outcome=Outcome(d["outcome"]),
             occurred_at=d["occurred_at"],

@@ -54,7 +54,6 @@ from pipeline.ops.replay_report import (
     ReplayOptions,
     ReplayReport,
     RichProgress,
-    locate,
 )
 from pipeline.ops.tail import (
     ALL_PARTITIONS,
@@ -66,8 +65,7 @@ from pipeline.ops.tail import (
 from pipeline.runtime import logs
 
 if TYPE_CHECKING:
-    import psycopg
-
+    from pipeline.store.db import AsyncConn
     from pipeline.store.projection import ProjectionStore
     from pipeline.store.replay import ReplayStore
 
@@ -105,17 +103,10 @@ class Replayer:
         self._tty = tty
 
     async def run(self, stop: asyncio.Event) -> ReplayReport:
-        import psycopg
-
+        from pipeline.store.db import session
         from pipeline.store.replay import ReplayStore
 
-        try:
-            conn = await psycopg.AsyncConnection.connect(
-                self._url, autocommit=True, application_name="pipeline replay"
-            )
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to Postgres: {exc}") from exc
-        async with conn:
+        async with session(self._url, application_name="pipeline replay") as conn:
             rstore = ReplayStore(conn, self._projection)
             if self._opt.dry_run:  # private copies: no lock, nothing the live pipeline sees
                 return await self._replay(conn, rstore, stop)
@@ -158,9 +149,9 @@ class Replayer:
         logs.event(_log, "locked", projection=self._projection)
 
     async def _replay(
-        self, conn: psycopg.AsyncConnection[Any], rstore: ReplayStore, stop: asyncio.Event
+        self, conn: AsyncConn, rstore: ReplayStore, stop: asyncio.Event
     ) -> ReplayReport:
-        import psycopg
+        from pipeline.store.db import transaction
 
         o = self._opt
         report = ReplayReport("rebuild" if o.rebuild else "replay", o.dry_run)
@@ -169,13 +160,14 @@ class Replayer:
         try:
             t0 = time.monotonic()
             if o.rebuild or o.dry_run:
-                async with conn.transaction() as tx:
+                async with transaction(conn, what="replay transaction failed") as tx:
                     if o.dry_run:
                         await rstore.shadow()
                     await self._run_range(conn, rstore, reader, stop, report)
                     if o.dry_run or report.interrupted:
-                        raise psycopg.Rollback(tx)
-                    report.committed = True
+                        tx.discard()
+                    else:
+                        report.committed = True
             else:
                 await self._run_range(conn, rstore, reader, stop, report)
                 report.committed = True
@@ -188,7 +180,7 @@ class Replayer:
 
     async def _run_range(
         self,
-        conn: psycopg.AsyncConnection[Any],
+        conn: AsyncConn,
         rstore: ReplayStore,
         reader: LogReader,
         stop: asyncio.Event,
@@ -263,6 +255,8 @@ class Replayer:
     async def _fold_all(
         self, reader: LogReader, store: ProjectionStore, stop: asyncio.Event, report: ReplayReport
     ) -> None:
+        from pipeline.domain.codec import decode_outcomes
+
         progress: Progress = (
             RichProgress(reader) if self._tty else LogProgress(self._opt.progress_interval)
         )
@@ -270,11 +264,11 @@ class Replayer:
         try:
             async for batch in reader.batches(stop, self._opt.batch_size):
                 if batch:
-                    items, next_offsets, invalid = locate(batch)
-                    changed = await store.fold_batch(items, next_offsets)
+                    decoded = decode_outcomes(batch)
+                    changed = await store.fold_batch(decoded.items, decoded.next_offsets)
                     report.events_read += len(batch)
-                    report.events_folded += len(items)
-                    report.invalid_skipped += invalid
+                    report.events_folded += len(decoded.items)
+                    report.invalid_skipped += len(decoded.skipped)
                     report.rows_changed += sum(changed)
                 progress.update(reader)
                 if self._opt.max_rate:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from pipeline.domain.errors import BrokerError, PipelineError, StoreError
+from pipeline.domain.errors import BrokerError, PipelineError
+from pipeline.domain.rowstate import STATES
 from pipeline.runtime.config import PARTIAL_EXIT_CODE
 
 KAFKA_STATUS_TIMEOUT_S = 4.0  # `pipeline status` answers within 5 s with a broker down
@@ -124,17 +125,13 @@ def _plain(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import psycopg
-
     from pipeline.ops.options import load_config
     from pipeline.store import status as status_store
+    from pipeline.store.db import connected
 
     cfg = load_config(args, ("database_url",))
-    try:
-        with psycopg.connect(cfg.database_url, autocommit=True) as conn:
-            report = status_store.status(conn)
-    except psycopg.Error as exc:
-        raise StoreError(f"cannot read status: {exc}") from exc
+    with connected(cfg.database_url, what="cannot read status", autocommit=True) as conn:
+        report = status_store.status(conn)
     # Both Kafka questions at once, each bounded: status answers within 5 s with a broker down.
     log_start_get = _in_daemon(lambda: _outcome_log_start(cfg))
     kafka_get = _in_daemon(lambda: _kafka_section(cfg))
@@ -150,10 +147,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             {**report.to_dict(), "outcome_log": log_start, "kafka": kafka, "partial": rc != 0}
         )
         return rc
-    columns = ["kind", *status_store.STATES]
-    rows = [
-        [kind, *(str(by[s]) for s in status_store.STATES)] for kind, by in report.counts.items()
-    ]
+    columns = ["kind", *STATES]
+    rows = [[kind, *(str(by[s]) for s in STATES)] for kind, by in report.counts.items()]
     rows.append(["total", *(str(n) for n in report.totals().values())])
     oldest = (
         f"#{report.oldest_pending_id}, {_age(report.oldest_pending_age_seconds)} old"
@@ -292,20 +287,16 @@ def _outcome_log_start(cfg: Config) -> dict[str, Any]:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    import psycopg
-
     from pipeline.ops.options import load_config
     from pipeline.store import status as status_store
+    from pipeline.store.db import connected
 
     cfg = load_config(args, ("database_url",))
     actor = args.actor or _current_user()
-    try:
-        with psycopg.connect(cfg.database_url, autocommit=True) as conn:
-            result = status_store.retry(
-                conn, args.id, reason=args.reason, actor=actor, force=args.force
-            )
-    except psycopg.Error as exc:
-        raise StoreError(f"cannot retry: {exc}") from exc
+    with connected(cfg.database_url, what="cannot retry", autocommit=True) as conn:
+        result = status_store.retry(
+            conn, args.id, reason=args.reason, actor=actor, force=args.force
+        )
     budget = " with a fresh attempt budget" if result.action == "retry_dead_lettered" else ""
     print(
         f"propagation {result.propagation_id} ({result.previous_state}): attempt "

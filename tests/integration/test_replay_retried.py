@@ -18,10 +18,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from pipeline.domain.codec import Located
 from pipeline.domain.events import DeadLetterReason, Outcome, OutcomeEvent, iso, utcnow
 from pipeline.store import status as status_store
 from pipeline.store.migrate import migrate
-from pipeline.store.projection import Located, ProjectionStore
+from pipeline.store.projection import ProjectionStore
 from pipeline.store.replay import ReplayStore
 
 pytestmark = pytest.mark.integration

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from pipeline.domain.classify import BUCKETS
 from pipeline.domain.errors import PipelineError, StoreError
 from pipeline.domain.events import DeadLetterReason
+from pipeline.domain.rowstate import STATES
 from pipeline.ops.console.security import SESSION_COOKIE, Guard
 from pipeline.ops.console.snapshots import DB_WAIT_SECONDS
 from pipeline.ops.console.views import ConsoleState, problem, render, state
@@ -78,7 +79,7 @@ def _overview(request: Request) -> dict[str, Any]:
         "snapshot_failing": st.snapshots.failing,
         "report": report,
         "totals": report.totals(),
-        "states": status_store.STATES,
+        "states": STATES,
         "lag": lag,
         "lag_rows": [p for p in lag.partitions if p.group != cursor] if lag else [],
         "lag_groups": sorted({p.group for p in lag.partitions if p.group != cursor}) if lag else [],

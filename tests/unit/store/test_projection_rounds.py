@@ -1,5 +1,6 @@
+from pipeline.domain.codec import Located
 from pipeline.domain.events import Outcome, OutcomeEvent
-from pipeline.store.projection import Located, rounds
+from pipeline.store.projection import rounds
 
 
 def _item(pid: int, attempt: int) -> Located:
