@@ -7,7 +7,7 @@ component (relay, processor, projector, tools) can share the vocabulary without 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -92,26 +92,10 @@ class OutboxRow:
     budget_base: int = 0
 
 
-# What every event carries after its ``schema`` and before its own fields (SPEC section 3),
-# in the order the wire has always had.
-ENVELOPE = (
-    "event_id",
-    "propagation_id",
-    "kind",
-    "attempt",
-    "team_id",
-    "resource_type",
-    "resource_id",
-)
-
-
-def _envelope(event: Command | OutcomeEvent) -> dict[str, Any]:
-    return {"schema": event.schema, **{name: getattr(event, name) for name in ENVELOPE}}
-
-
 @dataclass(frozen=True, slots=True)
-class Command:
-    """``propagation.command.v1``: one attempt at one propagation, as put on the log."""
+class Envelope:
+    """What every event carries (SPEC section 3) besides its ``schema`` and ``timestamp``;
+    on the wire these follow ``schema``, in this order, before the event's own fields."""
 
     event_id: str
     propagation_id: int
@@ -120,16 +104,29 @@ class Command:
     team_id: str
     resource_type: str
     resource_id: str
+
+    @property
+    def key(self) -> str:
+        return resource_key(self.team_id, self.resource_type, self.resource_id)
+
+
+ENVELOPE = tuple(f.name for f in fields(Envelope))
+
+
+def _envelope(event: Command | OutcomeEvent) -> dict[str, Any]:
+    return {"schema": event.schema, **{name: getattr(event, name) for name in ENVELOPE}}
+
+
+@dataclass(frozen=True, slots=True)
+class Command(Envelope):
+    """``propagation.command.v1``: one attempt at one propagation, as put on the log."""
+
     payload: Any
     timestamp: str
     # Attempts before an operator's `pipeline retry`: the max-attempts budget and the backoff
     # count from here, while attempt numbers keep rising (they are de-duplication keys).
     attempt_budget_base: int = 0
     schema: str = COMMAND_SCHEMA
-
-    @property
-    def key(self) -> str:
-        return resource_key(self.team_id, self.resource_type, self.resource_id)
 
     @property
     def budget_attempt(self) -> int:
@@ -171,16 +168,9 @@ class Command:
 
 
 @dataclass(frozen=True, slots=True)
-class OutcomeEvent:
+class OutcomeEvent(Envelope):
     """``propagation.outcome.v1``: what one attempt came to."""
 
-    event_id: str
-    propagation_id: int
-    kind: str
-    attempt: int
-    team_id: str
-    resource_type: str
-    resource_id: str
     timestamp: str
     outcome: Outcome
     occurred_at: str
@@ -195,10 +185,6 @@ class OutcomeEvent:
     @property
     def audit_kind(self) -> str:
         return self.outcome.audit_kind
-
-    @property
-    def key(self) -> str:
-        return resource_key(self.team_id, self.resource_type, self.resource_id)
 
     def to_dict(self) -> dict[str, Any]:
         return {
