@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import psycopg
 
 from pipeline.domain.errors import PipelineError, StoreError
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool  # the `ui` extra: imported only by its user
 
 Conn: TypeAlias = psycopg.Connection[Any]
 AsyncConn: TypeAlias = psycopg.AsyncConnection[Any]
@@ -61,6 +64,14 @@ def connected(url: str, *, what: str = CANNOT_CONNECT, **kwargs: Any) -> Iterato
     in connecting, in the block or at the commit is ``StoreError("<what>: ...")`` (errors the
     store functions called in the block raise keep their own message)."""
     with translated(what), psycopg.connect(url, **kwargs) as conn:
+        yield conn
+
+
+@contextmanager
+def pooled(pool: ConnectionPool[Any], *, timeout: float, what: str) -> Iterator[Conn]:
+    """A connection from ``pool`` for the block; the pool's own errors (a wait that timed out)
+    are psycopg errors too, and become ``StoreError("<what>: ...")`` like the rest."""
+    with translated(what), pool.connection(timeout=timeout) as conn:
         yield conn
 
 
