@@ -114,13 +114,7 @@ class Projector:
         for skip in decoded.skipped:
             # Counted and skipped: the checkpoint moves past it.
             self._metrics.record_invalid(skip.reason, self._topic)
-            logs.event(
-                _log,
-                "invalid_outcome_skipped",
-                partition=skip.partition,
-                offset=skip.offset,
-                reason=skip.reason,
-            )
+            logs.event(_log, "invalid_outcome_skipped", **skip.log_fields())
         changed = await store.fold_batch(decoded.items, decoded.next_offsets)
         for item, did in zip(decoded.items, changed, strict=True):
             self._metrics.projected.labels(item.event.outcome.value, str(did).lower()).inc()

@@ -118,6 +118,10 @@ class SkippedRecord:
     offset: int
     reason: str  # Undecodable.reason: a bounded set
 
+    def log_fields(self) -> dict[str, Any]:
+        """What a skip's log line says (the topic is the reader's own)."""
+        return {"partition": self.partition, "offset": self.offset, "reason": self.reason}
+
 
 @dataclass(frozen=True, slots=True)
 class DecodedOutcomes:

@@ -276,13 +276,7 @@ async def tail(
         async for batch in reader.batches(stop, 500):
             decoded = decode_outcomes(batch)
             for skip in decoded.skipped:
-                logs.event(
-                    logs.get("tail"),
-                    "undecodable_skipped",
-                    partition=skip.partition,
-                    offset=skip.offset,
-                    reason=skip.reason,
-                )
+                logs.event(logs.get("tail"), "undecodable_skipped", **skip.log_fields())
             for item in decoded.items:
                 doc = item.event.to_dict()
                 if (

@@ -5,35 +5,38 @@ from __future__ import annotations
 from pipeline.domain import codec
 from pipeline.domain.events import Command, DeadLetterReason, Outcome, OutcomeEvent
 
+WHO = {
+    "propagation_id": 7,
+    "kind": "tier_elevation",
+    "attempt": 2,
+    "team_id": "acme",
+    "resource_type": "postgres",
+    "resource_id": "db-1",
+}
+AT = "2026-01-01T00:00:01.000000Z"
 COMMAND = Command(
-    event_id="e1",
-    propagation_id=7,
-    kind="tier_elevation",
-    attempt=2,
-    team_id="acme",
-    resource_type="postgres",
-    resource_id="db-1",
-    payload={"target_tier": "pro"},
-    timestamp="2026-01-01T00:00:00.000000Z",
-    attempt_budget_base=1,
+    event_id="e1", **WHO, payload={"target_tier": "pro"}, timestamp=AT, attempt_budget_base=1
 )
 OUTCOME = OutcomeEvent(
     event_id="e2",
-    propagation_id=7,
-    kind="tier_elevation",
-    attempt=2,
-    team_id="acme",
-    resource_type="postgres",
-    resource_id="db-1",
-    timestamp="2026-01-01T00:00:01.000000Z",
+    **WHO,
+    timestamp=AT,
     outcome=Outcome.DEAD_LETTERED,
-    occurred_at="2026-01-01T00:00:01.000000Z",
+    occurred_at=AT,
     error="boom",
-    dead_letter_reason=DeadLetterReason.MAX_ATTEMPTS,
     command_event_id="e1",
+    dead_letter_reason=DeadLetterReason.MAX_ATTEMPTS,
 )
-ENVELOPE = ["schema", "event_id", "propagation_id", "kind", "attempt", "team_id",
-            "resource_type", "resource_id"]  # fmt: skip
+ENVELOPE = [
+    "schema",
+    "event_id",
+    "propagation_id",
+    "kind",
+    "attempt",
+    "team_id",
+    "resource_type",
+    "resource_id",
+]
 
 
 def test_command_wire_order_and_round_trip() -> None:
@@ -46,8 +49,17 @@ def test_command_wire_order_and_round_trip() -> None:
 def test_outcome_wire_order_and_round_trip() -> None:
     doc = OUTCOME.to_dict()
     assert list(doc) == [
-        *ENVELOPE, "timestamp", "outcome", "audit_kind", "skip_reason", "skip_reason_bucket",
-        "error", "next_attempt_at", "dead_letter_reason", "command_event_id", "occurred_at",
-    ]  # fmt: skip
+        *ENVELOPE,
+        "timestamp",
+        "outcome",
+        "audit_kind",
+        "skip_reason",
+        "skip_reason_bucket",
+        "error",
+        "next_attempt_at",
+        "dead_letter_reason",
+        "command_event_id",
+        "occurred_at",
+    ]
     assert (doc["outcome"], doc["dead_letter_reason"]) == ("dead_lettered", "max_attempts")
     assert codec.decode_outcome(codec.encode(OUTCOME)) == OUTCOME

@@ -2,50 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from pipeline.domain.rowstate import STATES, row_state
 
-OPEN = {"applied": False, "failed": False}
-
-CASES = [
-    # (what, columns, state)
-    ("never published", {**OPEN, "published_attempt": 0, "attempts": 0, "last_outcome": None},
-     "pending"),
-    ("attempt 1 published, no outcome yet",
-     {**OPEN, "published_attempt": 1, "attempts": 0, "last_outcome": None}, "in_flight"),
-    ("attempt 1 failed, waiting for its backoff",
-     {**OPEN, "published_attempt": 1, "attempts": 1, "last_outcome": "retrying"}, "retrying"),
-    ("attempt 2 skipped unexpectedly, waiting",
-     {**OPEN, "published_attempt": 2, "attempts": 2, "last_outcome": "unexpected_skip"},
-     "retrying"),
-    ("attempt 3 of a retrying row published: in flight wins",
-     {**OPEN, "published_attempt": 3, "attempts": 2, "last_outcome": "retrying"}, "in_flight"),
-    # `pipeline retry` of a dead letter clears last_outcome and restarts the budget: it is
-    # pending again, not retrying (the demo's old query called it retrying).
-    ("dead letter re-opened by an operator",
-     {**OPEN, "published_attempt": 10, "attempts": 10, "last_outcome": None}, "pending"),
-    ("applied",
-     {"applied": True, "failed": False, "published_attempt": 1, "attempts": 1,
-      "last_outcome": "applied"}, "applied"),
-    ("applied, even with a rescue re-publish on the wire",
-     {"applied": True, "failed": False, "published_attempt": 2, "attempts": 1,
-      "last_outcome": "applied"}, "applied"),
-    ("dead-lettered",
-     {"applied": False, "failed": True, "published_attempt": 10, "attempts": 10,
-      "last_outcome": "dead_lettered"}, "dead_lettered"),
-    ("unknown kind dead-lettered",
-     {"applied": False, "failed": True, "published_attempt": 10, "attempts": 10,
-      "last_outcome": "unknown_kind_dead_lettered"}, "dead_lettered"),
-]  # fmt: skip
+# state -> rows that must be in it: (applied, failed, published_attempt, attempts, last_outcome).
+# Precedence: terminal beats in flight (an applied row with a rescue re-publish on the wire),
+# in flight beats retrying (the next attempt is published). A dead letter re-opened by
+# `pipeline retry` has its last outcome cleared: pending, not retrying (the demo's old query
+# called it retrying).
+PINNED = {
+    "pending": [(False, False, 0, 0, None), (False, False, 10, 10, None)],
+    "in_flight": [(False, False, 1, 0, None), (False, False, 3, 2, "retrying")],
+    "retrying": [(False, False, 1, 1, "retrying"), (False, False, 2, 2, "unexpected_skip")],
+    "applied": [(True, False, 1, 1, "applied"), (True, False, 2, 1, "applied")],
+    "dead_lettered": [
+        (False, True, 9, 9, "dead_lettered"),
+        (False, True, 9, 9, "unknown_kind_dead_lettered"),
+    ],
+}
+CASES = [(state, row) for state, rows in PINNED.items() for row in rows]
 
 
-@pytest.mark.parametrize(("what", "columns", "state"), CASES, ids=[c[0] for c in CASES])
-def test_each_state(what: str, columns: dict[str, Any], state: str) -> None:
-    assert row_state(**columns) == state
+@pytest.mark.parametrize(("state", "row"), CASES, ids=[f"{s}-{r}" for s, r in CASES])
+def test_each_state(state: str, row: tuple[bool, bool, int, int, str | None]) -> None:
+    applied, failed, published_attempt, attempts, last_outcome = row
+    assert (
+        row_state(
+            applied=applied,
+            failed=failed,
+            published_attempt=published_attempt,
+            attempts=attempts,
+            last_outcome=last_outcome,
+        )
+        == state
+    )
 
 
 def test_every_state_is_pinned() -> None:
-    assert sorted({c[2] for c in CASES}) == sorted(STATES)
+    assert list(PINNED) == list(STATES)
