@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
@@ -64,15 +64,7 @@ class PartitionLag:
     lag_seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "group": self.group,
-            "topic": self.topic,
-            "partition": self.partition,
-            "committed": self.committed,
-            "end": self.end,
-            "lag": self.lag,
-            "lag_seconds": round(self.lag_seconds, 3),
-        }
+        return {**asdict(self), "lag_seconds": round(self.lag_seconds, 3)}
 
 
 @dataclass(frozen=True, slots=True)
