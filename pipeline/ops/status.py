@@ -40,8 +40,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="propagations by state and kind, oldest pending, recent dead letters",
         description=(
             "Count propagations by state (pending, in_flight = published without an outcome, "
-            "retrying, applied, dead_lettered) and kind; show the oldest pending one and the "
-            "dead letters of the last hour."
+            "retrying = the last attempt failed or was skipped unexpectedly and the next waits "
+            "for its backoff, applied, dead_lettered) and kind; show the oldest pending one "
+            "and the dead letters of the last hour."
         ),
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
