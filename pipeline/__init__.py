@@ -16,7 +16,8 @@ layer           holds
 ``adapters``    drivers other than Postgres: the gRPC ``provisioner`` client and ``proto``,
                 Kafka producer, topics, replication, ``faust_compat``
 ``store``       every SQL statement and every psycopg call, one module per table family,
-                ``migrations`` and ``migrate``, least-privilege ``roles``
+                ``migrations`` and ``migrate``, least-privilege ``roles``; ``db`` translates
+                driver errors once, ``rowstate`` is the row-state rule as SQL
 ``runtime``     what every process stands on: ``config`` (the one frozen object), ``logs``,
                 ``metrics``, ``httpd``, ``exit_codes``
 ``domain``      pure values and decisions: ``events``, ``codec``, ``decide``, ``backoff``,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import grpc
 import grpc.aio
@@ -19,6 +19,7 @@ from pipeline.adapters.proto import provisioner_pb2 as pb
 from pipeline.adapters.proto import provisioner_pb2_grpc as pb_grpc
 from pipeline.domain.errors import ProvisionerError
 from pipeline.domain.events import Applied, CallFailed, ProvisionReply, Skipped
+from pipeline.domain.handlers import Resource
 
 # The provisioner says the command itself is invalid: retrying cannot help, and the pipeline
 # dead-letters it at once as ``invalid_payload``.
@@ -145,45 +146,15 @@ class GrpcProvisioner:
             self._stub = pb_grpc.ProvisionerStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub
 
-    async def regrade(
-        self,
-        *,
-        idempotency_key: str,
-        team_id: str,
-        resource_type: str,
-        resource_id: str,
-        target_tier: str,
-    ) -> ProvisionReply:
-        request = pb.RegradeRequest(
-            idempotency_key=idempotency_key,
-            team_id=team_id,
-            resource_type=resource_type,
-            resource_id=resource_id,
-            target_tier=target_tier,
-        )
+    async def regrade(self, *, target_tier: str, **resource: Unpack[Resource]) -> ProvisionReply:
+        request = pb.RegradeRequest(target_tier=target_tier, **resource)
         return await self._call("RegradeResource", request)
 
-    async def suspend(
-        self, *, idempotency_key: str, team_id: str, resource_type: str, resource_id: str
-    ) -> ProvisionReply:
-        request = pb.ResourceRequest(
-            idempotency_key=idempotency_key,
-            team_id=team_id,
-            resource_type=resource_type,
-            resource_id=resource_id,
-        )
-        return await self._call("SuspendResource", request)
+    async def suspend(self, **resource: Unpack[Resource]) -> ProvisionReply:
+        return await self._call("SuspendResource", pb.ResourceRequest(**resource))
 
-    async def resume(
-        self, *, idempotency_key: str, team_id: str, resource_type: str, resource_id: str
-    ) -> ProvisionReply:
-        request = pb.ResourceRequest(
-            idempotency_key=idempotency_key,
-            team_id=team_id,
-            resource_type=resource_type,
-            resource_id=resource_id,
-        )
-        return await self._call("ResumeResource", request)
+    async def resume(self, **resource: Unpack[Resource]) -> ProvisionReply:
+        return await self._call("ResumeResource", pb.ResourceRequest(**resource))
 
     async def _call(self, method: str, request: Any) -> ProvisionReply:
         result: ProvisionReply = CallFailed("UNAVAILABLE", "no call made", True)

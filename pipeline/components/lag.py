@@ -13,11 +13,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
-import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -26,6 +25,7 @@ from pipeline.domain.errors import BrokerError, PipelineError, StoreError
 from pipeline.domain.events import iso, utcnow
 from pipeline.runtime import logs
 from pipeline.runtime.metrics import Metrics
+from pipeline.store.db import AsyncConn, connect_async
 from pipeline.store.outbox import Backlog, OutboxStore
 from pipeline.store.projection import ProjectionStore
 
@@ -64,15 +64,7 @@ class PartitionLag:
     lag_seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "group": self.group,
-            "topic": self.topic,
-            "partition": self.partition,
-            "committed": self.committed,
-            "end": self.end,
-            "lag": self.lag,
-            "lag_seconds": round(self.lag_seconds, 3),
-        }
+        return {**asdict(self), "lag_seconds": round(self.lag_seconds, 3)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +132,7 @@ class LagProbe:
         self._clock = clock
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._conn: AsyncConn | None = None
 
     async def __aenter__(self) -> LagProbe:
         await self.start()
@@ -162,10 +154,12 @@ class LagProbe:
             raise BrokerError(f"cannot reach Kafka for lag: {exc}") from exc
         if self._url:
             try:
-                self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
-            except psycopg.Error as exc:
+                self._conn = await connect_async(
+                    self._url, what="cannot connect to Postgres for lag"
+                )
+            except StoreError:
                 await self.close()
-                raise StoreError(f"cannot connect to Postgres for lag: {exc}") from exc
+                raise
 
     async def close(self) -> None:
         for closer in (

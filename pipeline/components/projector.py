@@ -10,50 +10,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.adapters.topics import partitions_for
-from pipeline.domain import codec
-from pipeline.domain.codec import Undecodable
+from pipeline.domain.codec import decode_outcomes
 from pipeline.domain.errors import StoreError
 from pipeline.runtime import logs
 from pipeline.runtime.metrics import Metrics
-from pipeline.store.projection import Located, ProjectionStore
+from pipeline.store.db import session
+from pipeline.store.projection import ProjectionStore
 
 _log = logs.get("projector")
 
 
+@dataclass(kw_only=True, eq=False)
 class Projector:
-    def __init__(
-        self,
-        *,
-        database_url: str,
-        client_kwargs: dict[str, Any],
-        topic: str,
-        projection: str,
-        metrics: Metrics,
-        batch_max: int = 2000,
-        standby_poll: float = 1.0,
-    ) -> None:
-        self._url = database_url
-        self._kafka = client_kwargs
-        self._topic = topic
-        self._projection = projection
-        self._metrics = metrics
-        self._batch_max = batch_max
-        self._standby_poll = standby_poll
-        self.folded = 0
-        self.state = "starting"  # starting | standby | active | failed | stopped
+    database_url: str
+    client_kwargs: dict[str, Any]
+    topic: str
+    projection: str
+    metrics: Metrics
+    batch_max: int = 2000
+    standby_poll: float = 1.0
+    folded: int = field(default=0, init=False)
+    state: str = field(default="starting", init=False)  # starting|standby|active|failed|stopped
 
     async def run(self, stop: asyncio.Event) -> None:
-        logs.event(_log, "started", topic=self._topic, projection=self._projection)
+        logs.event(_log, "started", topic=self.topic, projection=self.projection)
         while not stop.is_set():
             try:
                 await self._run_once(stop)
-            except (StoreError, psycopg.Error) as exc:
+            except StoreError as exc:
                 self.state = "failed"
                 logs.event(_log, "failed", error=str(exc)[:500], retry_in_s=1.0)
                 with contextlib.suppress(TimeoutError):
@@ -62,12 +52,12 @@ class Projector:
         logs.event(_log, "stopped", folded=self.folded)
 
     async def _run_once(self, stop: asyncio.Event) -> None:
-        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
-            store = ProjectionStore(conn, self._projection)
+        async with session(self.database_url) as conn:
+            store = ProjectionStore(conn, self.projection)
             if not await self._acquire(store, stop):
                 return
             consumer = AIOKafkaConsumer(
-                **self._kafka,
+                **self.client_kwargs,
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
@@ -77,7 +67,7 @@ class Projector:
             try:
                 await self._assign(consumer, store)
                 while not stop.is_set():
-                    batch = await consumer.getmany(timeout_ms=200, max_records=self._batch_max)
+                    batch = await consumer.getmany(timeout_ms=200, max_records=self.batch_max)
                     if batch:
                         await self._fold(store, batch)
             finally:
@@ -88,21 +78,21 @@ class Projector:
         while not stop.is_set():
             if await store.try_lock():
                 self.state = "active"
-                logs.event(_log, "active", projection=self._projection)
+                logs.event(_log, "active", projection=self.projection)
                 return True
             self.state = "standby"
             if not announced:
-                logs.event(_log, "standby", projection=self._projection)
+                logs.event(_log, "standby", projection=self.projection)
                 announced = True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._standby_poll)
+                await asyncio.wait_for(stop.wait(), timeout=self.standby_poll)
         return False
 
     async def _assign(self, consumer: AIOKafkaConsumer, store: ProjectionStore) -> None:
-        partitions = await partitions_for(self._kafka, self._topic)
-        tps = [TopicPartition(self._topic, p) for p in partitions]
+        partitions = await partitions_for(self.client_kwargs, self.topic)
+        tps = [TopicPartition(self.topic, p) for p in partitions]
         consumer.assign(tps)
-        checkpoints = await store.load_checkpoints(self._topic)
+        checkpoints = await store.load_checkpoints(self.topic)
         for tp in tps:
             if tp.partition in checkpoints:
                 consumer.seek(tp, checkpoints[tp.partition])
@@ -111,26 +101,12 @@ class Projector:
         logs.event(_log, "partitions_assigned", partitions=partitions, checkpoints=checkpoints)
 
     async def _fold(self, store: ProjectionStore, batch: dict[Any, list[Any]]) -> None:
-        items: list[Located] = []
-        next_offsets: dict[tuple[str, int], int] = {}
-        for tp, messages in batch.items():
-            for msg in messages:
-                next_offsets[(tp.topic, tp.partition)] = msg.offset + 1
-                decoded = codec.decode_outcome(msg.value)
-                if isinstance(decoded, Undecodable):
-                    # Counted and skipped: a foreign or corrupt message must not stall the
-                    # partition; the checkpoint moves past it.
-                    self._metrics.record_invalid(decoded.reason, self._topic)
-                    logs.event(
-                        _log,
-                        "invalid_outcome_skipped",
-                        partition=tp.partition,
-                        offset=msg.offset,
-                        reason=decoded.reason,
-                    )
-                    continue
-                items.append(Located(decoded, tp.topic, tp.partition, msg.offset))
-        changed = await store.fold_batch(items, next_offsets)
-        for item, did in zip(items, changed, strict=True):
-            self._metrics.projected.labels(item.event.outcome.value, str(did).lower()).inc()
-        self.folded += len(items)
+        decoded = decode_outcomes(msg for messages in batch.values() for msg in messages)
+        for skip in decoded.skipped:
+            # Counted and skipped: the checkpoint moves past it.
+            self.metrics.record_invalid(skip.reason, self.topic)
+            logs.event(_log, "invalid_outcome_skipped", **skip.log_fields())
+        changed = await store.fold_batch(decoded.items, decoded.next_offsets)
+        for item, did in zip(decoded.items, changed, strict=True):
+            self.metrics.projected.labels(item.event.outcome.value, str(did).lower()).inc()
+        self.folded += len(decoded.items)

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-import psycopg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
@@ -26,9 +25,9 @@ from pipeline.domain.events import Command, utcnow
 from pipeline.runtime import logs
 from pipeline.runtime.config import RESCUE_STUCK_AFTER
 from pipeline.runtime.metrics import Metrics
-from pipeline.store.outbox import OutboxStore
+from pipeline.store.db import AsyncConn, connect_async
+from pipeline.store.outbox import OutboxStore, notifications
 
-NOTIFY_CHANNEL = "pending_propagations"
 SLOW_CLAIM_S = 0.2  # a healthy claim of 500 rows takes a few milliseconds
 HASH_PLAN_FOR_S = 60.0  # about one autovacuum naptime
 BACKLOG_SAMPLE_INTERVAL = 5.0  # seconds; the backlog query is cheap but not free
@@ -69,7 +68,7 @@ class Relay:
         self._rescue_after = rescue_after
         self._clock = clock
         self._wake = asyncio.Event()
-        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._conn: AsyncConn | None = None
         self._backlog_sampled = float("-inf")
         self._last_ok = float("-inf")
         self._hash_until = float("-inf")
@@ -79,7 +78,7 @@ class Relay:
         conn = await self._connection()
         store = OutboxStore(conn)
         try:
-            async with conn.transaction():
+            async with store.transaction():
                 started = time.monotonic()
                 rows = await store.claim(self._batch, avoid_nestloop=started < self._hash_until)
                 claim_s = time.monotonic() - started
@@ -97,9 +96,6 @@ class Relay:
                     )
                 await asyncio.gather(*futures)
                 await store.stamp_published([r.id for r in rows], self._rescue_after)
-        except psycopg.Error as exc:
-            await self._reset_connection()
-            raise StoreError(f"relay transaction failed: {exc}") from exc
         except StoreError:
             await self._reset_connection()
             raise
@@ -200,22 +196,15 @@ class Relay:
         """LISTEN for inserts; reconnects on failure, the poll covers any gap."""
         while not stop.is_set():
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self._url, autocommit=True
-                ) as conn:
-                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    async for _ in conn.notifies():
-                        self._wake.set()
-            except psycopg.Error as exc:
+                async for _ in notifications(self._url):
+                    self._wake.set()
+            except StoreError as exc:
                 logs.event(_log, "listen_failed", error=str(exc)[:300])
                 await _sleep_or_stop(stop, 1.0)
 
-    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+    async def _connection(self) -> AsyncConn:
         if self._conn is None or self._conn.closed:
-            try:
-                self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
-            except psycopg.Error as exc:
-                raise StoreError(f"cannot connect to Postgres: {exc}") from exc
+            self._conn = await connect_async(self._url)
         return self._conn
 
     async def _reset_connection(self) -> None:

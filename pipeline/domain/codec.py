@@ -7,11 +7,11 @@ processor can dead-letter it instead of crashing or stalling the partition.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import fastjsonschema
 import orjson
@@ -55,13 +55,14 @@ def encode_validated(event: Command | OutcomeEvent) -> bytes:
     return orjson.dumps(doc)
 
 
-def decode_command(raw: bytes | None) -> Command | Undecodable:
+def _validated(raw: bytes | None, schema: str, *, sniff: bool) -> dict[str, Any] | Undecodable:
+    """The JSON document of ``raw`` if it is valid against ``schema``. An oversized message is
+    never parsed; with ``sniff`` its propagation id is looked for in its first kilobyte."""
     if not raw:
         return Undecodable("empty", "empty message")
     if len(raw) > MAX_EVENT_BYTES:
-        return Undecodable(
-            "oversized", f"{len(raw)} bytes > {MAX_EVENT_BYTES}", _sniff_id_prefix(raw)
-        )
+        pid = _sniff_id_prefix(raw) if sniff else None
+        return Undecodable("oversized", f"{len(raw)} bytes > {MAX_EVENT_BYTES}", pid)
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -69,39 +70,82 @@ def decode_command(raw: bytes | None) -> Command | Undecodable:
     if not isinstance(doc, dict):
         return Undecodable("schema_violation", "not a JSON object")
     try:
-        validator(COMMAND_SCHEMA)(doc)
+        validator(schema)(doc)
     except fastjsonschema.JsonSchemaException as exc:
         return Undecodable("schema_violation", str(exc)[:300], _readable_id(doc), doc)
-    return Command(
-        event_id=doc["event_id"],
-        propagation_id=doc["propagation_id"],
-        kind=doc["kind"],
-        attempt=doc["attempt"],
-        team_id=doc["team_id"],
-        resource_type=doc["resource_type"],
-        resource_id=doc["resource_id"],
-        payload=doc["payload"],
-        timestamp=doc["timestamp"],
-        attempt_budget_base=doc.get("attempt_budget_base", 0),
-    )
+    return doc
+
+
+def decode_command(raw: bytes | None) -> Command | Undecodable:
+    doc = _validated(raw, COMMAND_SCHEMA, sniff=True)
+    return doc if isinstance(doc, Undecodable) else Command.from_dict(doc)
 
 
 def decode_outcome(raw: bytes | None) -> OutcomeEvent | Undecodable:
-    if not raw:
-        return Undecodable("empty", "empty message")
-    if len(raw) > MAX_EVENT_BYTES:
-        return Undecodable("oversized", f"{len(raw)} bytes > {MAX_EVENT_BYTES}")
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return Undecodable("bad_json", str(exc)[:200])
-    if not isinstance(doc, dict):
-        return Undecodable("schema_violation", "not a JSON object")
-    try:
-        validator(OUTCOME_SCHEMA)(doc)
-    except fastjsonschema.JsonSchemaException as exc:
-        return Undecodable("schema_violation", str(exc)[:300], _readable_id(doc), doc)
-    return OutcomeEvent.from_dict(doc)
+    doc = _validated(raw, OUTCOME_SCHEMA, sniff=False)
+    return doc if isinstance(doc, Undecodable) else OutcomeEvent.from_dict(doc)
+
+
+class LogRecord(Protocol):
+    """What ``decode_outcomes`` reads of a consumed message (aiokafka's ConsumerRecord)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """An outcome event with where it came from on the log."""
+
+    event: OutcomeEvent
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedRecord:
+    """An outcome-topic message that did not decode, and where it lies."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str  # Undecodable.reason: a bounded set
+
+    def log_fields(self) -> dict[str, Any]:
+        """What a skip's log line says (the topic is the reader's own)."""
+        return {"partition": self.partition, "offset": self.offset, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedOutcomes:
+    items: list[Located]
+    skipped: list[SkippedRecord]
+    next_offsets: dict[tuple[str, int], int]  # (topic, partition) -> past the last record
+
+
+def decode_outcomes(records: Iterable[LogRecord]) -> DecodedOutcomes:
+    """Decodes consumed outcome messages in log order: the projector, ``replay`` and ``tail``
+    read the log this one way. An undecodable message is skipped, not fatal (a foreign or
+    corrupt message must not stall a partition), and listed so the caller can count it; the
+    next offsets move past every record, skipped ones too."""
+    items: list[Located] = []
+    skipped: list[SkippedRecord] = []
+    next_offsets: dict[tuple[str, int], int] = {}
+    for r in records:
+        next_offsets[(r.topic, r.partition)] = r.offset + 1
+        decoded = decode_outcome(r.value)
+        if isinstance(decoded, Undecodable):
+            skipped.append(SkippedRecord(r.topic, r.partition, r.offset, decoded.reason))
+        else:
+            items.append(Located(decoded, r.topic, r.partition, r.offset))
+    return DecodedOutcomes(items, skipped, next_offsets)
 
 
 def _readable_id(doc: dict[str, Any]) -> int | None:

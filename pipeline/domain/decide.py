@@ -64,27 +64,29 @@ def decide_reply(
             )
         case CallFailed(code=code, message=message):
             error = f"{code}: {message}"
-            if policy.exhausted(attempt):
-                return Decision(
-                    Outcome.DEAD_LETTERED,
-                    error=error,
-                    dead_letter_reason=DeadLetterReason.MAX_ATTEMPTS,
-                )
-            return Decision(
-                Outcome.RETRYING, error=error, next_attempt_at=policy.next_attempt_at(attempt, now)
-            )
+            dead = (Outcome.DEAD_LETTERED, DeadLetterReason.MAX_ATTEMPTS)
+            return _failed_attempt(attempt, error, now, policy, *dead)
     raise TypeError(f"not a provisioner reply: {reply!r}")  # pragma: no cover
 
 
 def decide_unknown_kind(attempt: int, kind: str, now: datetime, policy: RetryPolicy) -> Decision:
     """A kind this worker lacks: a newer image may know it, so retry on the schedule first."""
     error = f"unknown kind {kind[:64]!r}: no handler in this worker"
+    dead = (Outcome.UNKNOWN_KIND_DEAD_LETTERED, DeadLetterReason.UNKNOWN_KIND)
+    return _failed_attempt(attempt, error, now, policy, *dead)
+
+
+def _failed_attempt(
+    attempt: int,
+    error: str,
+    now: datetime,
+    policy: RetryPolicy,
+    dead: Outcome,
+    reason: DeadLetterReason,
+) -> Decision:
+    """A failed attempt retries on the schedule until the budget is spent, then dead-letters."""
     if policy.exhausted(attempt):
-        return Decision(
-            Outcome.UNKNOWN_KIND_DEAD_LETTERED,
-            error=error,
-            dead_letter_reason=DeadLetterReason.UNKNOWN_KIND,
-        )
+        return Decision(dead, error=error, dead_letter_reason=reason)
     return Decision(
         Outcome.RETRYING, error=error, next_attempt_at=policy.next_attempt_at(attempt, now)
     )

@@ -7,7 +7,7 @@ component (relay, processor, projector, tools) can share the vocabulary without 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -93,8 +93,9 @@ class OutboxRow:
 
 
 @dataclass(frozen=True, slots=True)
-class Command:
-    """``propagation.command.v1``: one attempt at one propagation, as put on the log."""
+class Envelope:
+    """What every event carries (SPEC section 3) besides its ``schema`` and ``timestamp``;
+    on the wire these follow ``schema``, in this order, before the event's own fields."""
 
     event_id: str
     propagation_id: int
@@ -103,16 +104,29 @@ class Command:
     team_id: str
     resource_type: str
     resource_id: str
+
+    @property
+    def key(self) -> str:
+        return resource_key(self.team_id, self.resource_type, self.resource_id)
+
+
+ENVELOPE = tuple(f.name for f in fields(Envelope))
+
+
+def _envelope(event: Command | OutcomeEvent) -> dict[str, Any]:
+    return {"schema": event.schema, **{name: getattr(event, name) for name in ENVELOPE}}
+
+
+@dataclass(frozen=True, slots=True)
+class Command(Envelope):
+    """``propagation.command.v1``: one attempt at one propagation, as put on the log."""
+
     payload: Any
     timestamp: str
     # Attempts before an operator's `pipeline retry`: the max-attempts budget and the backoff
     # count from here, while attempt numbers keep rising (they are de-duplication keys).
     attempt_budget_base: int = 0
     schema: str = COMMAND_SCHEMA
-
-    @property
-    def key(self) -> str:
-        return resource_key(self.team_id, self.resource_type, self.resource_id)
 
     @property
     def budget_attempt(self) -> int:
@@ -136,31 +150,27 @@ class Command:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema": self.schema,
-            "event_id": self.event_id,
-            "propagation_id": self.propagation_id,
-            "kind": self.kind,
-            "attempt": self.attempt,
-            "team_id": self.team_id,
-            "resource_type": self.resource_type,
-            "resource_id": self.resource_id,
+            **_envelope(self),
             "payload": self.payload,
             "timestamp": self.timestamp,
             "attempt_budget_base": self.attempt_budget_base,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Command:
+        """From a document valid against ``propagation.command.v1``."""
+        return cls(
+            **{name: d[name] for name in ENVELOPE},
+            payload=d["payload"],
+            timestamp=d["timestamp"],
+            attempt_budget_base=d.get("attempt_budget_base", 0),
+        )
+
 
 @dataclass(frozen=True, slots=True)
-class OutcomeEvent:
+class OutcomeEvent(Envelope):
     """``propagation.outcome.v1``: what one attempt came to."""
 
-    event_id: str
-    propagation_id: int
-    kind: str
-    attempt: int
-    team_id: str
-    resource_type: str
-    resource_id: str
     timestamp: str
     outcome: Outcome
     occurred_at: str
@@ -176,20 +186,9 @@ class OutcomeEvent:
     def audit_kind(self) -> str:
         return self.outcome.audit_kind
 
-    @property
-    def key(self) -> str:
-        return resource_key(self.team_id, self.resource_type, self.resource_id)
-
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema": self.schema,
-            "event_id": self.event_id,
-            "propagation_id": self.propagation_id,
-            "kind": self.kind,
-            "attempt": self.attempt,
-            "team_id": self.team_id,
-            "resource_type": self.resource_type,
-            "resource_id": self.resource_id,
+            **_envelope(self),
             "timestamp": self.timestamp,
             "outcome": self.outcome.value,
             "audit_kind": self.audit_kind,
@@ -206,15 +205,10 @@ class OutcomeEvent:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OutcomeEvent:
+        """From a document valid against ``propagation.outcome.v1``."""
         dlr = d.get("dead_letter_reason")
         return cls(
-            event_id=d["event_id"],
-            propagation_id=int(d["propagation_id"]),
-            kind=d["kind"],
-            attempt=int(d["attempt"]),
-            team_id=d["team_id"],
-            resource_type=d["resource_type"],
-            resource_id=d["resource_id"],
+            **{name: d[name] for name in ENVELOPE},
             timestamp=d["timestamp"],
             outcome=Outcome(d["outcome"]),
             occurred_at=d["occurred_at"],

@@ -64,8 +64,8 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     acme --resource-type postgres --resource-id db-1 --target-tier pro"""
 
     import orjson
-    import psycopg
 
+    from pipeline.store.db import connected
     from pipeline.store.outbox import enqueue
 
     cfg = load_config(args, ("database_url",))
@@ -75,21 +75,18 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
         raise PipelineError(f"--payload is not valid JSON: {exc}") from exc
     if args.target_tier:
         payload = {**payload, "target_tier": args.target_tier}
-    try:
-        with psycopg.connect(cfg.database_url) as conn:
-            ids = [
-                enqueue(
-                    conn,
-                    args.kind,
-                    args.team,
-                    args.resource_type,
-                    f"{args.resource_id}{'' if args.count == 1 else f'-{i}'}",
-                    payload,
-                )
-                for i in range(args.count)
-            ]
-    except psycopg.Error as exc:
-        raise PipelineError(f"cannot enqueue: {exc}") from exc
+    with connected(cfg.database_url, what="cannot enqueue") as conn:
+        ids = [
+            enqueue(
+                conn,
+                args.kind,
+                args.team,
+                args.resource_type,
+                f"{args.resource_id}{'' if args.count == 1 else f'-{i}'}",
+                payload,
+            )
+            for i in range(args.count)
+        ]
     for i in ids:
         print(i)
     return 0

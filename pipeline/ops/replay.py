@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.domain.errors import PipelineError, StoreError
@@ -54,7 +55,6 @@ from pipeline.ops.replay_report import (
     ReplayOptions,
     ReplayReport,
     RichProgress,
-    locate,
 )
 from pipeline.ops.tail import (
     ALL_PARTITIONS,
@@ -67,8 +67,7 @@ from pipeline.runtime import logs
 from pipeline.runtime.exit_codes import ExitCode
 
 if TYPE_CHECKING:
-    import psycopg
-
+    from pipeline.store.db import AsyncConn
     from pipeline.store.projection import ProjectionStore
     from pipeline.store.replay import ReplayStore
 
@@ -86,38 +85,22 @@ class HistoryMissing(ReplayRefused):
     """A rebuild would need outcome history the range read does not hold."""
 
 
+@dataclass(kw_only=True, eq=False)
 class Replayer:
-    def __init__(
-        self,
-        *,
-        database_url: str,
-        client_kwargs: dict[str, Any],
-        topic: str,
-        projection: str,
-        options: ReplayOptions,
-        tty: bool = False,
-    ) -> None:
-        self._url = database_url
-        self._kafka = client_kwargs
-        self._topic = topic
-        self._projection = projection
-        self._opt = options
-        self._tty = tty
+    database_url: str
+    client_kwargs: dict[str, Any]
+    topic: str
+    projection: str
+    options: ReplayOptions
+    tty: bool = False
 
     async def run(self, stop: asyncio.Event) -> ReplayReport:
-        import psycopg
-
+        from pipeline.store.db import session
         from pipeline.store.replay import ReplayStore
 
-        try:
-            conn = await psycopg.AsyncConnection.connect(
-                self._url, autocommit=True, application_name="pipeline replay"
-            )
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to Postgres: {exc}") from exc
-        async with conn:
-            rstore = ReplayStore(conn, self._projection)
-            if self._opt.dry_run:  # private copies: no lock, nothing the live pipeline sees
+        async with session(self.database_url, application_name="pipeline replay") as conn:
+            rstore = ReplayStore(conn, self.projection)
+            if self.options.dry_run:  # private copies: no lock, nothing the live pipeline sees
                 return await self._replay(conn, rstore, stop)
             await self._lock(rstore, stop)
             try:
@@ -141,41 +124,42 @@ class Replayer:
         while not await rstore.try_lock():
             holder = await rstore.lock_holder()
             who = holder.describe() if holder else "a session that has just released it"
-            if not self._opt.wait:
+            if not self.options.wait:
                 raise ReplayRefused(
-                    f"projection {self._projection!r} is locked by a live projector or another "
+                    f"projection {self.projection!r} is locked by a live projector or another "
                     f"replay: {who}. Stop it first (a projector restarted during the replay "
                     "waits as a standby), pass --wait to wait for the lock, or --dry-run to "
                     "see what a replay would change without the lock."
                 )
             if not announced:
-                logs.event(_log, "waiting_for_lock", projection=self._projection, holder=who)
+                logs.event(_log, "waiting_for_lock", projection=self.projection, holder=who)
                 announced = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             if stop.is_set():
                 raise ReplayRefused("interrupted while waiting for the projection lock")
-        logs.event(_log, "locked", projection=self._projection)
+        logs.event(_log, "locked", projection=self.projection)
 
     async def _replay(
-        self, conn: psycopg.AsyncConnection[Any], rstore: ReplayStore, stop: asyncio.Event
+        self, conn: AsyncConn, rstore: ReplayStore, stop: asyncio.Event
     ) -> ReplayReport:
-        import psycopg
+        from pipeline.store.db import transaction
 
-        o = self._opt
+        o = self.options
         report = ReplayReport("rebuild" if o.rebuild else "replay", o.dry_run)
-        reader = LogReader(self._kafka, self._topic, o.start, bounded=True)
+        reader = LogReader(self.client_kwargs, self.topic, o.start, bounded=True)
         await reader.open()
         try:
             t0 = time.monotonic()
             if o.rebuild or o.dry_run:
-                async with conn.transaction() as tx:
+                async with transaction(conn, what="replay transaction failed") as tx:
                     if o.dry_run:
                         await rstore.shadow()
                     await self._run_range(conn, rstore, reader, stop, report)
                     if o.dry_run or report.interrupted:
-                        raise psycopg.Rollback(tx)
-                    report.committed = True
+                        tx.discard()
+                    else:
+                        report.committed = True
             else:
                 await self._run_range(conn, rstore, reader, stop, report)
                 report.committed = True
@@ -188,7 +172,7 @@ class Replayer:
 
     async def _run_range(
         self,
-        conn: psycopg.AsyncConnection[Any],
+        conn: AsyncConn,
         rstore: ReplayStore,
         reader: LogReader,
         stop: asyncio.Event,
@@ -201,15 +185,15 @@ class Replayer:
         """
         from pipeline.store.projection import ProjectionStore
 
-        o = self._opt
-        cursor_name = self._projection + CURSOR_SUFFIX
+        o = self.options
+        cursor_name = self.projection + CURSOR_SUFFIX
         cursor_store = ProjectionStore(conn, cursor_name)
         requested = dict(reader.starts)
-        checkpoints = await ProjectionStore(conn, self._projection).load_checkpoints(self._topic)
+        checkpoints = await ProjectionStore(conn, self.projection).load_checkpoints(self.topic)
         if o.restart or o.rebuild:
-            await rstore.clear_checkpoints(cursor_name, self._topic)
+            await rstore.clear_checkpoints(cursor_name, self.topic)
         else:
-            for p, at in (await cursor_store.load_checkpoints(self._topic)).items():
+            for p, at in (await cursor_store.load_checkpoints(self.topic)).items():
                 if p in reader.starts and reader.starts[p] < at <= reader.ends[p]:
                     reader.seek(p, at)
                     report.resumed = True
@@ -232,14 +216,14 @@ class Replayer:
             advance = {
                 p: reader.ends[p] for p in reader.ends if requested[p] <= checkpoints.get(p, 0)
             }
-            await rstore.finish_replay(self._topic, advance, cursor_name)
+            await rstore.finish_replay(self.topic, advance, cursor_name)
         report.audit_rows_added = await rstore.count_audit() - audit_before
 
     async def _reset(self, rstore: ReplayStore, reader: LogReader, report: ReplayReport) -> None:
         read = {p: (reader.starts[p], reader.ends[p]) for p in reader.starts}
-        classes = await rstore.classify(self._topic, read)
+        classes = await rstore.classify(self.topic, read)
         needed = {k: n for k, n in classes.items() if k in NEEDED}
-        if needed and not self._opt.covered_only:
+        if needed and not self.options.covered_only:
             raise HistoryMissing(
                 f"refusing to rebuild: {sum(needed.values())} rows have outcome history that "
                 f"the range read does not hold ({_reasons(needed)}; range read, partition: "
@@ -252,7 +236,7 @@ class Replayer:
         for reason, n in classes.items():
             if reason != "in_range":
                 self._count_kept(report, reason, n)
-        report.rows_reset = await rstore.begin_rebuild(self._topic, read)
+        report.rows_reset = await rstore.begin_rebuild(self.topic, read)
 
     @staticmethod
     def _count_kept(report: ReplayReport, reason: str, n: int) -> None:
@@ -263,22 +247,24 @@ class Replayer:
     async def _fold_all(
         self, reader: LogReader, store: ProjectionStore, stop: asyncio.Event, report: ReplayReport
     ) -> None:
+        from pipeline.domain.codec import decode_outcomes
+
         progress: Progress = (
-            RichProgress(reader) if self._tty else LogProgress(self._opt.progress_interval)
+            RichProgress(reader) if self.tty else LogProgress(self.options.progress_interval)
         )
         t0 = time.monotonic()
         try:
-            async for batch in reader.batches(stop, self._opt.batch_size):
+            async for batch in reader.batches(stop, self.options.batch_size):
                 if batch:
-                    items, next_offsets, invalid = locate(batch)
-                    changed = await store.fold_batch(items, next_offsets)
+                    decoded = decode_outcomes(batch)
+                    changed = await store.fold_batch(decoded.items, decoded.next_offsets)
                     report.events_read += len(batch)
-                    report.events_folded += len(items)
-                    report.invalid_skipped += invalid
+                    report.events_folded += len(decoded.items)
+                    report.invalid_skipped += len(decoded.skipped)
                     report.rows_changed += sum(changed)
                 progress.update(reader)
-                if self._opt.max_rate:
-                    ahead = report.events_read / self._opt.max_rate - (time.monotonic() - t0)
+                if self.options.max_rate:
+                    ahead = report.events_read / self.options.max_rate - (time.monotonic() - t0)
                     if ahead > 0:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), timeout=ahead)

@@ -1,6 +1,5 @@
 """What ``pipeline replay`` is asked (options) and answers (its JSON report), its progress
-(a bar per partition on a terminal, JSON lines elsewhere), and the decoding of a batch the
-way the projector decodes it."""
+(a bar per partition on a terminal, JSON lines elsewhere)."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ from pipeline.runtime import logs
 
 if TYPE_CHECKING:
     from pipeline.ops.tail import LogReader
-    from pipeline.store.projection import Located
 
 _log = logs.get("replay")
 
@@ -126,21 +124,3 @@ class RichProgress:
     def close(self, reader: LogReader) -> None:
         self.update(reader)
         self._bars.stop()
-
-
-def locate(batch: list[Any]) -> tuple[list[Located], dict[tuple[str, int], int], int]:
-    """Decodes a batch as the projector does: undecodable messages are skipped, not fatal."""
-    from pipeline.domain import codec
-    from pipeline.store.projection import Located
-
-    items: list[Located] = []
-    next_offsets: dict[tuple[str, int], int] = {}
-    invalid = 0
-    for msg in batch:
-        next_offsets[(msg.topic, msg.partition)] = msg.offset + 1
-        decoded = codec.decode_outcome(msg.value)
-        if isinstance(decoded, codec.Undecodable):
-            invalid += 1
-            continue
-        items.append(Located(decoded, msg.topic, msg.partition, msg.offset))
-    return items, next_offsets, invalid

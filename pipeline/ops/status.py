@@ -11,7 +11,8 @@ import getpass
 import sys
 from typing import TYPE_CHECKING, Any
 
-from pipeline.domain.errors import PipelineError, StoreError
+from pipeline.domain.errors import PipelineError
+from pipeline.domain.rowstate import STATES
 from pipeline.ops.options import add_command
 from pipeline.ops.output import age, in_daemon, plain, print_json, table
 from pipeline.runtime.exit_codes import ExitCode
@@ -41,21 +42,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def cmd_status(args: argparse.Namespace) -> int:
     """propagations by state and kind, oldest pending, recent dead letters
 
-    Count propagations by state (pending, in_flight = published without an outcome, retrying,
+    Count propagations by state (pending, in_flight = published without an outcome, retrying =
+    the last attempt failed or was skipped unexpectedly and the next waits for its backoff,
     applied, dead_lettered) and kind; show the oldest pending one and the dead letters of the
     last hour."""
 
-    import psycopg
-
     from pipeline.ops.options import load_config
     from pipeline.store import status as status_store
+    from pipeline.store.db import connected
 
     cfg = load_config(args, ("database_url",))
-    try:
-        with psycopg.connect(cfg.database_url, autocommit=True) as conn:
-            report = status_store.status(conn)
-    except psycopg.Error as exc:
-        raise StoreError(f"cannot read status: {exc}") from exc
+    with connected(cfg.database_url, what="cannot read status", autocommit=True) as conn:
+        report = status_store.status(conn)
     # Both Kafka questions at once, each bounded: status answers within 5 s with a broker down.
     log_start_get = in_daemon(lambda: _outcome_log_start(cfg))
     kafka_get = in_daemon(lambda: _kafka_section(cfg))
@@ -71,10 +69,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             {**report.to_dict(), "outcome_log": log_start, "kafka": kafka, "partial": rc != 0}
         )
         return rc
-    columns = ["kind", *status_store.STATES]
-    rows = [
-        [kind, *(str(by[s]) for s in status_store.STATES)] for kind, by in report.counts.items()
-    ]
+    columns = ["kind", *STATES]
+    rows = [[kind, *(str(by[s]) for s in STATES)] for kind, by in report.counts.items()]
     rows.append(["total", *(str(n) for n in report.totals().values())])
     oldest = (
         f"#{report.oldest_pending_id}, {age(report.oldest_pending_age_seconds)} old"
@@ -194,20 +190,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
     propagation_operator_actions with --reason and the actor. Refused for applied or unknown
     ids, and for a propagation whose resource has a later applied one (unless --force)."""
 
-    import psycopg
-
     from pipeline.ops.options import load_config
     from pipeline.store import status as status_store
+    from pipeline.store.db import connected
 
     cfg = load_config(args, ("database_url",))
     actor = args.actor or _current_user()
-    try:
-        with psycopg.connect(cfg.database_url, autocommit=True) as conn:
-            result = status_store.retry(
-                conn, args.id, reason=args.reason, actor=actor, force=args.force
-            )
-    except psycopg.Error as exc:
-        raise StoreError(f"cannot retry: {exc}") from exc
+    with connected(cfg.database_url, what="cannot retry", autocommit=True) as conn:
+        result = status_store.retry(
+            conn, args.id, reason=args.reason, actor=actor, force=args.force
+        )
     budget = " with a fresh attempt budget" if result.action == "retry_dead_lettered" else ""
     print(
         f"propagation {result.propagation_id} ({result.previous_state}): attempt "

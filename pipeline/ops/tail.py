@@ -258,8 +258,7 @@ async def tail(
     """Prints matching events as JSON lines; returns how many were printed."""
     import orjson
 
-    from pipeline.domain import codec
-    from pipeline.domain.codec import Undecodable
+    from pipeline.domain.codec import decode_outcomes
     from pipeline.runtime import logs
 
     stop = asyncio.Event()
@@ -275,25 +274,18 @@ async def tail(
     )
     try:
         async for batch in reader.batches(stop, 500):
-            for m in batch:
-                decoded = codec.decode_outcome(m.value)
-                if isinstance(decoded, Undecodable):
-                    logs.event(
-                        logs.get("tail"),
-                        "undecodable_skipped",
-                        partition=m.partition,
-                        offset=m.offset,
-                        reason=decoded.reason,
-                    )
-                    continue
-                doc = decoded.to_dict()
+            decoded = decode_outcomes(batch)
+            for skip in decoded.skipped:
+                logs.event(logs.get("tail"), "undecodable_skipped", **skip.log_fields())
+            for item in decoded.items:
+                doc = item.event.to_dict()
                 if (
                     (outcomes and doc["outcome"] not in outcomes)
                     or (kinds and doc["kind"] not in kinds)
                     or (teams and doc["team_id"] not in teams)
                 ):
                     continue
-                doc.update(_topic=m.topic, _partition=m.partition, _offset=m.offset)
+                doc.update(_topic=item.topic, _partition=item.partition, _offset=item.offset)
                 out.write(orjson.dumps(doc).decode() + "\n")
                 printed += 1
                 if limit is not None and printed >= limit:

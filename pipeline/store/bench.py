@@ -40,34 +40,28 @@ SELECT count(*), min(created_at), max(created_at), min(published_at), max(publis
 FROM pending_propagations WHERE id BETWEEN %s AND %s
 """
 
-# Seconds from enqueue to the worker's outcome (applied_at is the outcome's occurred_at).
-_OUTCOME_LATENCY_SQL = """
+# Percentiles of the seconds from enqueue to a later stamp of the same rows: `until` is
+# that stamp (rows without it are not counted), `source` the table(s) aliased `p`.
+_LATENCY_SQL = """
 SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99])
-           WITHIN GROUP (ORDER BY extract(epoch FROM applied_at - created_at)),
-       max(extract(epoch FROM applied_at - created_at)), count(applied_at)
-FROM pending_propagations WHERE id BETWEEN %s AND %s
+           WITHIN GROUP (ORDER BY extract(epoch FROM {until} - p.created_at)),
+       max(extract(epoch FROM {until} - p.created_at)), count({until})
+FROM {source}
+WHERE p.id BETWEEN %s AND %s
 """
-
 _CREATED_SQL = """
 SELECT id, extract(epoch FROM created_at) FROM pending_propagations WHERE id BETWEEN %s AND %s
 """
 
-# Seconds from enqueue to the relay's claim (published_at is its transaction's start).
-_CLAIMED_LATENCY_SQL = """
-SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99])
-           WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at)),
-       max(extract(epoch FROM published_at - created_at)), count(published_at)
-FROM pending_propagations WHERE id BETWEEN %s AND %s
-"""
-
-# Seconds from enqueue to the projector's UPDATE (bench_projected is filled by a trigger).
-_PROJECTED_LATENCY_SQL = """
-SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99])
-           WITHIN GROUP (ORDER BY extract(epoch FROM b.projected_at - p.created_at)),
-       max(extract(epoch FROM b.projected_at - p.created_at)), count(*)
-FROM pending_propagations p JOIN bench_projected b ON b.id = p.id
-WHERE p.id BETWEEN %s AND %s
-"""
+# The worker's outcome (applied_at is the outcome's occurred_at).
+_OUTCOME_LATENCY_SQL = _LATENCY_SQL.format(until="p.applied_at", source="pending_propagations p")
+# The relay's claim (published_at is its transaction's start).
+_CLAIMED_LATENCY_SQL = _LATENCY_SQL.format(until="p.published_at", source="pending_propagations p")
+# The projector's UPDATE (bench_projected is filled by a trigger).
+_PROJECTED_LATENCY_SQL = _LATENCY_SQL.format(
+    until="b.projected_at",
+    source="pending_propagations p JOIN bench_projected b ON b.id = p.id",
+)
 
 _TRIGGER_SETUP = [
     """CREATE TABLE IF NOT EXISTS bench_projected (

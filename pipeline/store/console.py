@@ -17,9 +17,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from pipeline.domain.errors import StoreError
 from pipeline.domain.events import Outcome
-from pipeline.store.status import STATE_SQL
+from pipeline.store.db import translated
+from pipeline.store.rowstate import STATE_SQL
 
 # The chart's window: the last 60 whole minutes, the current one included.
 OUTCOMES_PER_MINUTE_SQL = """
@@ -153,11 +153,9 @@ class DeadLetterPage:
 
 
 def outcomes_per_minute(conn: psycopg.Connection[Any]) -> OutcomeSeries:
-    try:
+    with translated("outcomes per minute query failed"):
         start_row = conn.execute(WINDOW_START_SQL).fetchone()
         rows = conn.execute(OUTCOMES_PER_MINUTE_SQL).fetchall()
-    except psycopg.Error as exc:
-        raise StoreError(f"outcomes per minute query failed: {exc}") from exc
     assert start_row is not None
     minutes = [start_row[0] + timedelta(minutes=i) for i in range(60)]
     index = {m: i for i, m in enumerate(minutes)}
@@ -170,11 +168,8 @@ def outcomes_per_minute(conn: psycopg.Connection[Any]) -> OutcomeSeries:
 
 def dead_letters(conn: psycopg.Connection[Any], f: DeadLetterFilter) -> DeadLetterPage:
     statement, params = f.query()
-    try:
-        with conn.cursor(row_factory=dict_row) as cur:
-            rows = cur.execute(statement, params).fetchall()
-    except psycopg.Error as exc:
-        raise StoreError(f"dead-letter query failed: {exc}") from exc
+    with translated("dead-letter query failed"), conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(statement, params).fetchall()
     more = len(rows) > f.limit
     rows = rows[: f.limit]
     return DeadLetterPage(rows, int(rows[-1]["id"]) if more else None, f)
@@ -185,8 +180,5 @@ def search(conn: psycopg.Connection[Any], text: str, limit: int = 50) -> list[di
     team, _, rest = text.partition(":")
     rtype, _, rid = rest.partition(":")
     params = {"q": text, "team": team, "rtype": rtype, "rid": rid or None, "limit": limit}
-    try:
-        with conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(SEARCH_SQL, params).fetchall()
-    except psycopg.Error as exc:
-        raise StoreError(f"search failed: {exc}") from exc
+    with translated("search failed"), conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(SEARCH_SQL, params).fetchall()

@@ -11,32 +11,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from pipeline.domain.errors import StoreError
-from pipeline.store.outbox import enqueue_async
+from pipeline.domain.rowstate import STATES
+from pipeline.store.db import AsyncConn, connect_async, fetchall, fetchone, translated
+from pipeline.store.outbox import INSERT_SQL, enqueue_async
+from pipeline.store.rowstate import STATE_SQL
 
 ADD_KIND_SQL = "ALTER TYPE propagation_kind ADD VALUE IF NOT EXISTS {}"
 
-INSERT_RAW_SQL = """
-INSERT INTO pending_propagations (kind, team_id, resource_type, resource_id, payload)
-VALUES (%s, %s, %s, %s, %s)
-RETURNING id
-"""
-
-# "in flight": published, outcome not yet projected. "retrying": waiting for a later attempt.
-PROGRESS_SQL = """
-SELECT count(*),
-       count(*) FILTER (WHERE applied_at IS NULL AND failed_at IS NULL
-                        AND published_attempt > attempts),
-       count(*) FILTER (WHERE applied_at IS NOT NULL),
-       count(*) FILTER (WHERE applied_at IS NULL AND failed_at IS NULL
-                        AND attempts > 0 AND published_attempt <= attempts),
-       count(*) FILTER (WHERE failed_at IS NOT NULL)
-FROM pending_propagations
-"""
+# Counted by the one row-state rule (``pipeline status`` counts the same way).
+PROGRESS_SQL = f"SELECT {STATE_SQL} AS state, count(*) FROM pending_propagations GROUP BY 1"
 
 # The demo's resource ids are "<path>-<n>": the summary groups by that prefix.
 PATH_STATES_SQL = """
@@ -67,10 +53,7 @@ class Progress:
 
 @asynccontextmanager
 async def open_store(database_url: str) -> AsyncIterator[DemoStore]:
-    try:
-        conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
-    except psycopg.Error as exc:
-        raise StoreError(f"cannot connect to the demo database: {exc}") from exc
+    conn = await connect_async(database_url, what="cannot connect to the demo database")
     try:
         yield DemoStore(conn)
     finally:
@@ -80,17 +63,15 @@ async def open_store(database_url: str) -> AsyncIterator[DemoStore]:
 class DemoStore:
     """The demo's queries on one autocommit async connection."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    def __init__(self, conn: AsyncConn) -> None:
         self._conn = conn
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[None]:
         """One transaction around many inserts: one commit and one NOTIFY to the relays."""
-        try:
+        with translated("enqueue batch failed"):
             async with self._conn.transaction():
                 yield
-        except psycopg.Error as exc:
-            raise StoreError(f"enqueue batch failed: {exc}") from exc
 
     async def enqueue(
         self, kind: str, team_id: str, resource_type: str, resource_id: str, payload: Any
@@ -100,38 +81,29 @@ class DemoStore:
 
     async def add_kind(self, value: str) -> None:
         """Add an enum value, as a newer API release would; it commits at once (autocommit)."""
-        try:
+        with translated(f"cannot add propagation_kind {value!r}"):
             await self._conn.execute(sql.SQL(ADD_KIND_SQL).format(sql.Literal(value)))
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot add propagation_kind {value!r}: {exc}") from exc
 
     async def insert_raw(
         self, kind: str, team_id: str, resource_type: str, resource_id: str, payload: Any
     ) -> int:
         """Insert a row without enqueue()'s validation: a bad row written by other means."""
-        try:
-            cur = await self._conn.execute(
-                INSERT_RAW_SQL, (kind, team_id, resource_type, resource_id, Jsonb(payload))
-            )
-            row = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise StoreError(f"raw insert failed: {exc}") from exc
+        params = (kind, team_id, resource_type, resource_id, Jsonb(payload))
+        row = await fetchone(self._conn, INSERT_SQL, params, what="raw insert failed")
         assert row is not None
         return int(row[0])
 
     async def progress(self) -> Progress:
-        try:
-            cur = await self._conn.execute(PROGRESS_SQL)
-            row = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise StoreError(f"progress query failed: {exc}") from exc
-        assert row is not None
-        return Progress(*(int(v) for v in row))
+        rows = await fetchall(self._conn, PROGRESS_SQL, what="progress query failed")
+        by_state = dict.fromkeys(STATES, 0) | {str(s): int(n) for s, n in rows}
+        return Progress(
+            enqueued=sum(by_state.values()),
+            in_flight=by_state["in_flight"],
+            applied=by_state["applied"],
+            retrying=by_state["retrying"],
+            dead_lettered=by_state["dead_lettered"],
+        )
 
     async def path_states(self) -> list[tuple[str, str, int, int]]:
-        try:
-            cur = await self._conn.execute(PATH_STATES_SQL)
-            rows = await cur.fetchall()
-        except psycopg.Error as exc:
-            raise StoreError(f"summary query failed: {exc}") from exc
+        rows = await fetchall(self._conn, PATH_STATES_SQL, what="summary query failed")
         return [(str(p), str(s), int(a), int(n)) for p, s, a, n in rows]

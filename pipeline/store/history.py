@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 from psycopg.rows import dict_row
 
-from pipeline.domain.errors import StoreError
+from pipeline.store.db import connected
 
 ROW_SQL = """
 SELECT id, kind::text AS kind, team_id, resource_type, resource_id, payload, attempts,
@@ -31,14 +30,14 @@ def load(
     database_url: str, propagation_id: int
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """The row (None when there is no such propagation) and its audit rows, oldest first."""
-    try:
-        # Bounded: a Postgres that accepts but never answers must fail `pipeline show` and
-        # the console's propagation page with an error, not hang them (and a worker thread).
-        with psycopg.connect(
-            database_url, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_SECONDS
-        ) as conn:
-            row = conn.execute(ROW_SQL, (propagation_id,)).fetchone()
-            audit = conn.execute(AUDIT_SQL, (propagation_id,)).fetchall()
-    except psycopg.Error as exc:
-        raise StoreError(f"cannot read propagation {propagation_id}: {exc}") from exc
+    # Bounded: a Postgres that accepts but never answers must fail `pipeline show` and the
+    # console's propagation page with an error, not hang them (and a worker thread).
+    with connected(
+        database_url,
+        what=f"cannot read propagation {propagation_id}",
+        row_factory=dict_row,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+    ) as conn:
+        row = conn.execute(ROW_SQL, (propagation_id,)).fetchone()
+        audit = conn.execute(AUDIT_SQL, (propagation_id,)).fetchall()
     return row, audit

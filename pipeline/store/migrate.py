@@ -10,9 +10,8 @@ import itertools
 from dataclasses import dataclass
 from importlib import resources
 
-import psycopg
-
 from pipeline.domain.errors import StoreError
+from pipeline.store.db import connected
 
 _LOCK_KEY = 7_340_221_001  # advisory lock id reserved for migrations
 
@@ -46,28 +45,25 @@ def _refuse_duplicate_versions(migrations: list[Migration]) -> None:
 def migrate(database_url: str) -> list[str]:
     """Apply what is missing; returns the names applied (empty when up to date)."""
     applied: list[str] = []
-    try:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
-            try:
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                    " version integer PRIMARY KEY, name text NOT NULL,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-                for m in available():
-                    if m.version in done:
-                        continue
-                    with conn.transaction():
-                        conn.execute(m.sql.encode())
-                        conn.execute(
-                            "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                            (m.version, m.name),
-                        )
-                    applied.append(m.name)
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
-    except psycopg.Error as exc:
-        raise StoreError(f"migration failed: {exc}") from exc
+    with connected(database_url, what="migration failed", autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            for m in available():
+                if m.version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(m.sql.encode())
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (m.version, m.name),
+                    )
+                applied.append(m.name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied

@@ -6,7 +6,8 @@ transaction: the plan change and the request to regrade commit together or not a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,8 +18,20 @@ from psycopg.types.json import Jsonb
 from pipeline.domain.errors import InvalidPropagation, StoreError
 from pipeline.domain.events import OutboxRow
 from pipeline.domain.payloads import payload_problem
+from pipeline.store.db import (
+    AsyncConn,
+    Conn,
+    Refine,
+    Tx,
+    fetchall,
+    fetchone,
+    session,
+    transaction,
+    translated,
+)
 
 _MAX_TEXT = 256
+NOTIFY_CHANNEL = "pending_propagations"  # the enqueue trigger's pg_notify channel
 
 INSERT_SQL = """
 INSERT INTO pending_propagations (kind, team_id, resource_type, resource_id, payload)
@@ -93,8 +106,26 @@ def _check(kind: str, team_id: str, resource_type: str, resource_id: str, payloa
         raise InvalidPropagation(f"payload for {kind}: {problem}")
 
 
+def _unknown_kind(kind: str) -> Refine:
+    # Postgres refusing the kind's enum value is the caller's mistake, not a store failure.
+    def refine(exc: psycopg.Error) -> InvalidPropagation | None:
+        if isinstance(exc, psycopg.errors.InvalidTextRepresentation):
+            return InvalidPropagation(f"unknown kind {kind!r}: {exc.diag.message_primary}")
+        return None
+
+    return refine
+
+
+def _insert_params(
+    kind: str, team_id: str, resource_type: str, resource_id: str, payload: Any
+) -> tuple[Any, ...]:
+    payload = {} if payload is None else payload
+    _check(kind, team_id, resource_type, resource_id, payload)
+    return (kind, team_id, resource_type, resource_id, Jsonb(payload))
+
+
 def enqueue(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     kind: str,
     team_id: str,
     resource_type: str,
@@ -102,39 +133,25 @@ def enqueue(
     payload: dict[str, Any] | None = None,
 ) -> int:
     """Insert one propagation on ``conn`` without committing; returns its id."""
-    payload = {} if payload is None else payload
-    _check(kind, team_id, resource_type, resource_id, payload)
-    try:
-        row = conn.execute(
-            INSERT_SQL, (kind, team_id, resource_type, resource_id, Jsonb(payload))
-        ).fetchone()
-    except psycopg.errors.InvalidTextRepresentation as exc:
-        raise InvalidPropagation(f"unknown kind {kind!r}: {exc.diag.message_primary}") from exc
-    except psycopg.Error as exc:
-        raise StoreError(f"enqueue failed: {exc}") from exc
+    params = _insert_params(kind, team_id, resource_type, resource_id, payload)
+    with translated("enqueue failed", _unknown_kind(kind)):
+        row = conn.execute(INSERT_SQL, params).fetchone()
     assert row is not None
     return int(row[0])
 
 
 async def enqueue_async(
-    conn: psycopg.AsyncConnection[Any],
+    conn: AsyncConn,
     kind: str,
     team_id: str,
     resource_type: str,
     resource_id: str,
     payload: dict[str, Any] | None = None,
 ) -> int:
-    payload = {} if payload is None else payload
-    _check(kind, team_id, resource_type, resource_id, payload)
-    try:
-        cur = await conn.execute(
-            INSERT_SQL, (kind, team_id, resource_type, resource_id, Jsonb(payload))
-        )
+    params = _insert_params(kind, team_id, resource_type, resource_id, payload)
+    with translated("enqueue failed", _unknown_kind(kind)):
+        cur = await conn.execute(INSERT_SQL, params)
         row = await cur.fetchone()
-    except psycopg.errors.InvalidTextRepresentation as exc:
-        raise InvalidPropagation(f"unknown kind {kind!r}: {exc.diag.message_primary}") from exc
-    except psycopg.Error as exc:
-        raise StoreError(f"enqueue failed: {exc}") from exc
     assert row is not None
     return int(row[0])
 
@@ -148,54 +165,53 @@ class Backlog:
 class OutboxStore:
     """The relay's view of the outbox, on one async connection it owns."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    def __init__(self, conn: AsyncConn) -> None:
         self._conn = conn
+
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """The claim-publish-stamp transaction (``claim`` and ``stamp_published`` run in it)."""
+        return transaction(self._conn, what="relay transaction failed")
 
     async def claim(self, limit: int, avoid_nestloop: bool = False) -> list[OutboxRow]:
         """Lock up to ``limit`` due rows in a transaction the caller has opened."""
-        try:
+        with translated("claim failed"):
             if avoid_nestloop:
                 await self._conn.execute(AVOID_NESTLOOP_SQL)
-            cur = await self._conn.execute(CLAIM_SQL, (limit,))
-            rows = await cur.fetchall()
-        except psycopg.Error as exc:
-            raise StoreError(f"claim failed: {exc}") from exc
+            rows = await fetchall(self._conn, CLAIM_SQL, (limit,), what="claim failed")
         return [OutboxRow(*r) for r in rows]
 
     async def stamp_published(self, ids: Sequence[int], rescue_after: timedelta) -> None:
-        try:
+        with translated("stamp failed"):
             await self._conn.execute(STAMP_SQL, (rescue_after, list(ids)))
-        except psycopg.Error as exc:
-            raise StoreError(f"stamp failed: {exc}") from exc
 
     async def analyze(self) -> bool:
         """Refresh the planner's statistics; False when this role may not (not the owner)."""
         try:
-            await self._conn.execute(ANALYZE_SQL)
-        except psycopg.Error:
+            with translated("analyze failed"):
+                await self._conn.execute(ANALYZE_SQL)
+        except StoreError:
             return False
         return True
 
     async def next_due_at(self) -> datetime | None:
-        try:
-            cur = await self._conn.execute(NEXT_DUE_SQL)
-            row = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise StoreError(f"next-due query failed: {exc}") from exc
+        row = await fetchone(self._conn, NEXT_DUE_SQL, what="next-due query failed")
         return row[0] if row else None
 
     async def backlog(self) -> Backlog:
-        try:
-            cur = await self._conn.execute(BACKLOG_SQL)
-            row = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise StoreError(f"backlog query failed: {exc}") from exc
+        row = await fetchone(self._conn, BACKLOG_SQL, what="backlog query failed")
         assert row is not None
         return Backlog(int(row[0]), float(row[1]))
 
 
-def kind_enum_values(conn: psycopg.Connection[Any]) -> list[str]:
-    try:
+async def notifications(url: str) -> AsyncIterator[None]:
+    """Yields once per NOTIFY on the outbox's channel (an enqueue's trigger sends one)."""
+    async with session(url, what="listen failed") as conn:
+        with translated("listen failed"):
+            await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            async for _ in conn.notifies():
+                yield
+
+
+def kind_enum_values(conn: Conn) -> list[str]:
+    with translated("reading propagation_kind failed"):
         return [r[0] for r in conn.execute(ENUM_VALUES_SQL).fetchall()]
-    except psycopg.Error as exc:
-        raise StoreError(f"reading propagation_kind failed: {exc}") from exc

@@ -7,13 +7,11 @@ together, so a crash anywhere neither loses nor double-applies an outcome.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-
-from pipeline.domain.errors import StoreError
-from pipeline.domain.events import Outcome, OutcomeEvent, parse_iso
+from pipeline.domain.codec import Located
+from pipeline.domain.events import Outcome, parse_iso
+from pipeline.store.db import AsyncConn, fetchall, fetchone, translated
 
 # One statement per batch for the audit rows and one per "round" for the fold: a round
 # holds at most one event per propagation (the k-th of each), so a batch that carries
@@ -74,62 +72,61 @@ SELECT partition, next_offset FROM projection_checkpoints WHERE projection = %s 
 _DEAD = (Outcome.DEAD_LETTERED, Outcome.UNKNOWN_KIND_DEAD_LETTERED)
 
 
-@dataclass(frozen=True, slots=True)
-class Located:
-    """An outcome event with where it came from on the log."""
-
-    event: OutcomeEvent
-    topic: str
-    partition: int
-    offset: int
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows to column arrays (the ``unnest`` parameters of one statement)."""
+    cols: list[list[Any]] = [[] for _ in range(width)]
+    for row in rows:
+        for col, value in zip(cols, row, strict=True):
+            col.append(value)
+    return cols
 
 
 def fold_columns(items: Sequence[Located]) -> list[list[Any]]:
     """Column arrays for FOLD_SQL, one entry per event."""
-    cols: list[list[Any]] = [[] for _ in range(12)]
-    for item in items:
-        e = item.event
-        row = (
-            e.propagation_id,
-            e.attempt,
-            e.outcome.value,
-            e.error,
-            e.skip_reason,
-            e.outcome is Outcome.APPLIED,
-            e.outcome in _DEAD,
-            parse_iso(e.occurred_at),
-            parse_iso(e.next_attempt_at) if e.next_attempt_at else None,
-            item.topic,
-            item.partition,
-            item.offset,
-        )
-        for col, value in zip(cols, row, strict=True):
-            col.append(value)
-    return cols
+    return _columns(
+        [
+            (
+                i.event.propagation_id,
+                i.event.attempt,
+                i.event.outcome.value,
+                i.event.error,
+                i.event.skip_reason,
+                i.event.outcome is Outcome.APPLIED,
+                i.event.outcome in _DEAD,
+                parse_iso(i.event.occurred_at),
+                parse_iso(i.event.next_attempt_at) if i.event.next_attempt_at else None,
+                i.topic,
+                i.partition,
+                i.offset,
+            )
+            for i in items
+        ],
+        12,
+    )
 
 
 def audit_columns(items: Sequence[Located]) -> list[list[Any]]:
-    cols: list[list[Any]] = [[] for _ in range(13)]
-    for item in items:
-        e = item.event
-        row = (
-            e.event_id,
-            e.propagation_id,
-            e.audit_kind,
-            e.outcome.value,
-            e.attempt,
-            e.skip_reason,
-            e.skip_reason_bucket,
-            e.error,
-            e.dead_letter_reason.value if e.dead_letter_reason else None,
-            parse_iso(e.occurred_at),
-            item.topic,
-            item.partition,
-            item.offset,
-        )
-        for col, value in zip(cols, row, strict=True):
-            col.append(value)
-    return cols
+    return _columns(
+        [
+            (
+                i.event.event_id,
+                i.event.propagation_id,
+                i.event.audit_kind,
+                i.event.outcome.value,
+                i.event.attempt,
+                i.event.skip_reason,
+                i.event.skip_reason_bucket,
+                i.event.error,
+                i.event.dead_letter_reason.value if i.event.dead_letter_reason else None,
+                parse_iso(i.event.occurred_at),
+                i.topic,
+                i.partition,
+                i.offset,
+            )
+            for i in items
+        ],
+        13,
+    )
 
 
 def rounds(items: Sequence[Located]) -> list[list[int]]:
@@ -146,25 +143,22 @@ def rounds(items: Sequence[Located]) -> list[list[int]]:
 
 
 class ProjectionStore:
-    def __init__(self, conn: psycopg.AsyncConnection[Any], projection: str) -> None:
+    def __init__(self, conn: AsyncConn, projection: str) -> None:
         self._conn = conn
         self._projection = projection
 
     async def try_lock(self) -> bool:
         """Take the projection's writer lock for this session, if it is free."""
-        try:
-            cur = await self._conn.execute(TRY_LOCK_SQL, (self._projection,))
-            row = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise StoreError(f"taking the projection lock failed: {exc}") from exc
+        what = "taking the projection lock failed"
+        row = await fetchone(self._conn, TRY_LOCK_SQL, (self._projection,), what=what)
         return bool(row and row[0])
 
     async def load_checkpoints(self, topic: str) -> dict[int, int]:
-        try:
-            cur = await self._conn.execute(LOAD_CHECKPOINTS_SQL, (self._projection, topic))
-            return {int(p): int(o) for p, o in await cur.fetchall()}
-        except psycopg.Error as exc:
-            raise StoreError(f"loading checkpoints failed: {exc}") from exc
+        params = (self._projection, topic)
+        rows = await fetchall(
+            self._conn, LOAD_CHECKPOINTS_SQL, params, what="loading checkpoints failed"
+        )
+        return {int(p): int(o) for p, o in rows}
 
     async def fold_batch(
         self, items: Sequence[Located], next_offsets: dict[tuple[str, int], int]
@@ -174,7 +168,7 @@ class ProjectionStore:
         Returns, per event, whether it changed the propagation row.
         """
         changed = [False] * len(items)
-        try:
+        with translated("projection batch failed"):
             async with self._conn.transaction(), self._conn.cursor() as cur:
                 if items:
                     await cur.execute(INSERT_AUDIT_SQL, audit_columns(items))
@@ -191,6 +185,4 @@ class ProjectionStore:
                             for (topic, partition), offset in sorted(next_offsets.items())
                         ],
                     )
-        except psycopg.Error as exc:
-            raise StoreError(f"projection batch failed: {exc}") from exc
         return changed

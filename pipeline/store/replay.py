@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-
 from pipeline.domain.errors import StoreError
+from pipeline.store.db import AsyncConn, fetchall, fetchone, translated
 from pipeline.store.projection import ProjectionStore
 
 # The live projector's own lock (store.TRY_LOCK_SQL): one writer per projection.
@@ -186,16 +185,12 @@ class LockHolder:
 
 
 class ReplayStore:
-    def __init__(self, conn: psycopg.AsyncConnection[Any], projection: str) -> None:
+    def __init__(self, conn: AsyncConn, projection: str) -> None:
         self._conn = conn
         self._projection = projection
 
     async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        try:
-            cur = await self._conn.execute(sql, params)
-            row = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise StoreError(f"replay query failed: {exc}") from exc
+        row = await fetchone(self._conn, sql, params, what="replay query failed")
         return row[0] if row else None
 
     async def try_lock(self) -> bool:
@@ -205,11 +200,8 @@ class ReplayStore:
         await self._one(UNLOCK_SQL, (self._projection,))
 
     async def lock_holder(self) -> LockHolder | None:
-        try:
-            cur = await self._conn.execute(HOLDER_SQL, (self._projection, self._projection))
-            row = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot look up the lock holder: {exc}") from exc
+        params = (self._projection, self._projection)
+        row = await fetchone(self._conn, HOLDER_SQL, params, what="cannot look up the lock holder")
         return LockHolder(*row) if row else None
 
     async def count_audit(self) -> int:
@@ -217,37 +209,31 @@ class ReplayStore:
 
     async def shadow(self) -> None:
         """First thing in a dry run's transaction: private copies of the projected tables."""
-        try:
+        with translated("dry run snapshot failed"):
             async with self._conn.cursor() as cur:
                 for sql in SHADOW_SQL:
                     await cur.execute(sql)
                 # Checked, not assumed: a dry run must never write to the real tables.
                 await cur.execute(SHADOWED_SQL)
                 row = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise StoreError(f"dry run snapshot failed: {exc}") from exc
         if not row or row[0]:
             raise StoreError("dry run refused: the private copies do not shadow the real tables")
 
     async def classify(self, topic: str, read: dict[int, tuple[int, int]]) -> dict[str, int]:
         """Rows with outcome history, counted by where it starts against the range read."""
-        try:
-            cur = await self._conn.execute(CLASSIFY_SQL, (topic, *_range(read)))
-            return {str(k): int(n) for k, n in await cur.fetchall()}
-        except psycopg.Error as exc:
-            raise StoreError(f"classifying rows for the rebuild failed: {exc}") from exc
+        what = "classifying rows for the rebuild failed"
+        rows = await fetchall(self._conn, CLASSIFY_SQL, (topic, *_range(read)), what=what)
+        return {str(k): int(n) for k, n in rows}
 
     async def begin_rebuild(self, topic: str, read: dict[int, tuple[int, int]]) -> int:
         """Snapshot, then reset the rows in range; returns how many. Inside the transaction."""
-        try:
+        with translated("rebuild reset failed"):
             async with self._conn.cursor() as cur:
                 await cur.execute(SCOPE_SQL, (*_range(read), topic))
                 await cur.execute(LOCK_SCOPE_SQL)
                 await cur.execute(SNAPSHOT_SQL)
                 await cur.execute(RESET_SQL)
                 return int(cur.rowcount)
-        except psycopg.Error as exc:
-            raise StoreError(f"rebuild reset failed: {exc}") from exc
 
     async def finish_rebuild(self) -> tuple[int, list[int]]:
         """Keep terminal rows terminal, restore relay leases.
@@ -255,50 +241,39 @@ class ReplayStore:
         Returns how many rows were kept as they were because the refold would have reopened
         them, and the ids of the rows that differ from before the rebuild.
         """
-        try:
+        with translated("rebuild finish failed"):
             async with self._conn.cursor() as cur:
                 await cur.execute(KEEP_TERMINAL_SQL)
                 kept = cur.rowcount
                 await cur.execute(RESTORE_LEASES_SQL)
                 await cur.execute(DIFF_SQL)
                 return int(kept), [int(r[0]) for r in await cur.fetchall()]
-        except psycopg.Error as exc:
-            raise StoreError(f"rebuild finish failed: {exc}") from exc
 
     async def clear_checkpoints(self, projection: str, topic: str) -> None:
-        try:
+        with translated("clearing checkpoints failed"):
             await self._conn.execute(CLEAR_CHECKPOINTS_SQL, (projection, topic))
-        except psycopg.Error as exc:
-            raise StoreError(f"clearing checkpoints failed: {exc}") from exc
 
     async def finish_replay(self, topic: str, advance: dict[int, int], cursor: str) -> None:
         """Move live checkpoints forward and drop the replay's cursor, in one transaction."""
-        try:
+        with translated("finishing the replay failed"):
             async with self._conn.transaction(), self._conn.cursor() as cur:
                 await cur.executemany(
                     ADVANCE_CHECKPOINT_SQL,
                     [(self._projection, topic, p, o) for p, o in sorted(advance.items())],
                 )
                 await cur.execute(CLEAR_CHECKPOINTS_SQL, (cursor, topic))
-        except psycopg.Error as exc:
-            raise StoreError(f"finishing the replay failed: {exc}") from exc
 
     async def record_report(self, report: dict[str, Any]) -> None:
         """Keep a finished run's report (the JSON ``pipeline replay`` prints)."""
         from psycopg.types.json import Jsonb
 
-        try:
+        with translated("storing the replay report failed"):
             await self._conn.execute(RECORD_REPORT_SQL, (self._projection, Jsonb(report)))
-        except psycopg.Error as exc:
-            raise StoreError(f"storing the replay report failed: {exc}") from exc
 
     async def last_report(self) -> tuple[Any, dict[str, Any]] | None:
         """(finished_at, report) of the projection's latest replay, or None."""
-        try:
-            cur = await self._conn.execute(LAST_REPORT_SQL, (self._projection,))
-            row = await cur.fetchone()
-        except psycopg.Error as exc:
-            raise StoreError(f"reading the last replay report failed: {exc}") from exc
+        what = "reading the last replay report failed"
+        row = await fetchone(self._conn, LAST_REPORT_SQL, (self._projection,), what=what)
         return (row[0], row[1]) if row else None
 
 

@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from pipeline.domain.errors import StoreError
+from pipeline.store.db import connected
 
 OUTBOX = "pending_propagations"
 AUDIT = "propagation_audit"
@@ -137,22 +138,22 @@ def create_roles(database_url: str, passwords: Mapping[str, str] | None = None) 
     if unknown:
         raise StoreError(f"no such pipeline role(s): {', '.join(unknown)}")
     made: list[str] = []
-    try:
-        with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
-            # Two runs at once would race on the same catalog rows ("tuple concurrently
-            # updated"); the lock makes the second wait for the first.
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            schema = _current_schema(conn)
-            for spec in ROLES:
-                _apply(conn, spec, schema)
-                made.append(spec.name)
-                password = passwords.get(spec.name)
-                if password:
-                    _login_user(conn, spec, password)
-                    made.append(login_user(spec))
-    except psycopg.Error as exc:
-        # psycopg's messages carry no statement text, so no password can show up here.
-        raise StoreError(f"creating roles failed: {exc}") from exc
+    # psycopg's messages carry no statement text, so no password can show up in the error.
+    with (
+        connected(database_url, what="creating roles failed", autocommit=True) as conn,
+        conn.transaction(),
+    ):
+        # Two runs at once would race on the same catalog rows ("tuple concurrently
+        # updated"); the lock makes the second wait for the first.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        schema = _current_schema(conn)
+        for spec in ROLES:
+            _apply(conn, spec, schema)
+            made.append(spec.name)
+            password = passwords.get(spec.name)
+            if password:
+                _login_user(conn, spec, password)
+                made.append(login_user(spec))
     return made
 
 

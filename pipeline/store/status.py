@@ -12,20 +12,10 @@ from typing import Any
 
 import psycopg
 
-from pipeline.domain.errors import PipelineError, StoreError
-
-STATES = ("pending", "in_flight", "retrying", "applied", "dead_lettered")
-
-# One row's state, as operators name it. "in flight": published, no outcome projected yet.
-STATE_SQL = """
-CASE
-    WHEN applied_at IS NOT NULL THEN 'applied'
-    WHEN failed_at IS NOT NULL THEN 'dead_lettered'
-    WHEN published_attempt > attempts THEN 'in_flight'
-    WHEN last_outcome IN ('retrying', 'unexpected_skip') THEN 'retrying'
-    ELSE 'pending'
-END
-"""
+from pipeline.domain.errors import PipelineError
+from pipeline.domain.rowstate import STATES
+from pipeline.store.db import translated
+from pipeline.store.rowstate import STATE_SQL
 
 COUNTS_SQL = f"""
 SELECT kind::text, {STATE_SQL} AS state, count(*)
@@ -135,14 +125,12 @@ class OperatorAction:
 
 
 def status(conn: psycopg.Connection[Any]) -> StatusReport:
-    try:
+    with translated("status query failed"):
         counts: dict[str, dict[str, int]] = {}
         for kind, state, n in conn.execute(COUNTS_SQL).fetchall():
             counts.setdefault(kind, dict.fromkeys(STATES, 0))[state] = int(n)
         oldest = conn.execute(OLDEST_PENDING_SQL).fetchone()
         dead = conn.execute(RECENT_DEAD_SQL, ("1 hour",)).fetchone()
-    except psycopg.Error as exc:
-        raise StoreError(f"status query failed: {exc}") from exc
     assert dead is not None
     return StatusReport(
         counts=counts,
@@ -168,39 +156,34 @@ def retry(
     ``force``) rows whose resource has a later applied propagation, which a late retry of an
     older regrade would silently undo.
     """
-    try:
-        with conn.transaction():
-            row = conn.execute(LOCK_ROW_SQL, (propagation_id,)).fetchone()
-            if row is None:
-                raise RetryRefused(f"propagation {propagation_id} does not exist")
-            _id, state, attempts, team_id, resource_type, resource_id = row
-            if state == "applied":
-                raise RetryRefused(
-                    f"propagation {propagation_id} is applied; there is nothing to retry"
-                )
-            later = [
-                int(r[0])
-                for r in conn.execute(
-                    LATER_APPLIED_SQL, (team_id, resource_type, resource_id, propagation_id)
-                ).fetchall()
-            ]
-            if later and not force:
-                raise RetryRefused(
-                    f"propagation {propagation_id} has later applied propagations for the "
-                    f"same resource (ids {', '.join(map(str, later))}); retrying it could undo "
-                    "them. Pass --force if that is what you want."
-                )
-            if state == "dead_lettered":
-                action = "retry_dead_lettered"
-                conn.execute(RETRY_DEAD_SQL, (propagation_id,))
-            else:
-                action = "retry_open"
-                conn.execute(RETRY_OPEN_SQL, (propagation_id,))
-            audit = conn.execute(
-                INSERT_ACTION_SQL, (propagation_id, action, reason, actor)
-            ).fetchone()
-    except psycopg.Error as exc:
-        raise StoreError(f"retry of propagation {propagation_id} failed: {exc}") from exc
+    with translated(f"retry of propagation {propagation_id} failed"), conn.transaction():
+        row = conn.execute(LOCK_ROW_SQL, (propagation_id,)).fetchone()
+        if row is None:
+            raise RetryRefused(f"propagation {propagation_id} does not exist")
+        _id, state, attempts, team_id, resource_type, resource_id = row
+        if state == "applied":
+            raise RetryRefused(
+                f"propagation {propagation_id} is applied; there is nothing to retry"
+            )
+        later = [
+            int(r[0])
+            for r in conn.execute(
+                LATER_APPLIED_SQL, (team_id, resource_type, resource_id, propagation_id)
+            ).fetchall()
+        ]
+        if later and not force:
+            raise RetryRefused(
+                f"propagation {propagation_id} has later applied propagations for the "
+                f"same resource (ids {', '.join(map(str, later))}); retrying it could undo "
+                "them. Pass --force if that is what you want."
+            )
+        if state == "dead_lettered":
+            action = "retry_dead_lettered"
+            conn.execute(RETRY_DEAD_SQL, (propagation_id,))
+        else:
+            action = "retry_open"
+            conn.execute(RETRY_OPEN_SQL, (propagation_id,))
+        audit = conn.execute(INSERT_ACTION_SQL, (propagation_id, action, reason, actor)).fetchone()
     assert audit is not None
     return RetryResult(
         propagation_id=propagation_id,
@@ -214,8 +197,6 @@ def retry(
 
 def operator_actions(conn: psycopg.Connection[Any], propagation_id: int) -> list[OperatorAction]:
     """The operator actions taken on one propagation, oldest first (for ``pipeline show``)."""
-    try:
+    with translated("reading operator actions failed"):
         rows = conn.execute(ACTIONS_SQL, (propagation_id,)).fetchall()
-    except psycopg.Error as exc:
-        raise StoreError(f"reading operator actions failed: {exc}") from exc
     return [OperatorAction(int(i), a, r, actor, at) for i, a, r, actor, at in rows]

@@ -19,10 +19,11 @@ import psycopg
 import pytest
 from factories import outcome_event
 
+from pipeline.domain.codec import Located
 from pipeline.domain.events import DeadLetterReason, Outcome, iso, utcnow
 from pipeline.store import status as status_store
 from pipeline.store.migrate import migrate
-from pipeline.store.projection import Located, ProjectionStore
+from pipeline.store.projection import ProjectionStore
 from pipeline.store.replay import ReplayStore
 
 pytestmark = pytest.mark.integration

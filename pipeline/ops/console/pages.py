@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -21,6 +19,7 @@ from starlette.routing import Route
 from pipeline.domain.classify import BUCKETS
 from pipeline.domain.errors import PipelineError, StoreError
 from pipeline.domain.events import DeadLetterReason
+from pipeline.domain.rowstate import STATES
 from pipeline.ops.console.security import SESSION_COOKIE, Guard
 from pipeline.ops.console.snapshots import DB_WAIT_SECONDS
 from pipeline.ops.console.views import ConsoleState, problem, render, state
@@ -28,6 +27,7 @@ from pipeline.ops.replay import CURSOR_SUFFIX as REPLAY_CURSOR_SUFFIX
 from pipeline.runtime import logs
 from pipeline.store import console as console_store
 from pipeline.store import status as status_store
+from pipeline.store.db import Conn, pooled, session
 
 _log = logs.get("ui")
 PAGE_SIZE = 50
@@ -55,13 +55,8 @@ def routes() -> list[Route]:
     ]
 
 
-@contextlib.contextmanager
-def _conn(st: ConsoleState) -> Iterator[psycopg.Connection[Any]]:
-    try:
-        with st.pool.connection(timeout=DB_WAIT_SECONDS) as conn:
-            yield conn
-    except psycopg.Error as exc:  # the pool's own errors (timeouts) are psycopg errors too
-        raise StoreError(f"console database connection failed: {exc}") from exc
+def _conn(st: ConsoleState) -> contextlib.AbstractContextManager[Conn]:
+    return pooled(st.pool, timeout=DB_WAIT_SECONDS, what="console database connection failed")
 
 
 # --- overview -----------------------------------------------------------------------------
@@ -78,7 +73,7 @@ def _overview(request: Request) -> dict[str, Any]:
         "snapshot_failing": st.snapshots.failing,
         "report": report,
         "totals": report.totals(),
-        "states": status_store.STATES,
+        "states": STATES,
         "lag": lag,
         "lag_rows": [p for p in lag.partitions if p.group != cursor] if lag else [],
         "lag_groups": sorted({p.group for p in lag.partitions if p.group != cursor}) if lag else [],
@@ -297,18 +292,14 @@ async def replays(request: Request) -> Response:
     from pipeline.store.replay import ReplayStore
 
     st = state(request)
-    try:
-        # Bounded like the pool's waits: a Postgres that accepts but never answers must
-        # give "data unavailable", not a page that hangs until the TCP timeout.
-        conn = await psycopg.AsyncConnection.connect(
-            st.cfg.database_url,
-            autocommit=True,
-            application_name="pipeline ui",
-            connect_timeout=int(DB_WAIT_SECONDS),
-        )
-    except psycopg.Error as exc:
-        raise StoreError(f"cannot connect for the replay page: {exc}") from exc
-    async with conn:
+    # Bounded like the pool's waits: a Postgres that accepts but never answers must give
+    # "data unavailable", not a page that hangs until the TCP timeout.
+    async with session(
+        st.cfg.database_url,
+        what="cannot connect for the replay page",
+        application_name="pipeline ui",
+        connect_timeout=int(DB_WAIT_SECONDS),
+    ) as conn:
         rstore = ReplayStore(conn, st.cfg.projection_name)
         holder = await rstore.lock_holder()
         last = await rstore.last_report()

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from psycopg_pool import ConnectionPool
 
-from pipeline.domain.errors import PipelineError, StoreError
+from pipeline.domain.errors import PipelineError
 from pipeline.domain.events import utcnow
 from pipeline.runtime import logs
 from pipeline.store import console as console_store
 from pipeline.store import status as status_store
+from pipeline.store.db import pooled
 
 _log = logs.get("ui.snapshots")
 DB_WAIT_SECONDS = 5.0  # how long a page or a measurement waits for a database connection
@@ -47,12 +47,9 @@ class Snapshotter:
     def take(self) -> Snapshot:
         """One measurement (blocking): what ``pipeline status`` shows, plus the chart."""
         started = time.perf_counter()
-        try:
-            with self._pool.connection(timeout=DB_WAIT_SECONDS) as conn:
-                report = status_store.status(conn)
-                series = console_store.outcomes_per_minute(conn)
-        except psycopg.Error as exc:  # the pool's own (timeouts); the stores translate theirs
-            raise StoreError(f"overview snapshot failed: {exc}") from exc
+        with pooled(self._pool, timeout=DB_WAIT_SECONDS, what="overview snapshot failed") as conn:
+            report = status_store.status(conn)
+            series = console_store.outcomes_per_minute(conn)
         snap = Snapshot(report, series, utcnow(), time.perf_counter() - started)
         self.last, self.failing = snap, False
         return snap

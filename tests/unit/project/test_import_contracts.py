@@ -32,7 +32,10 @@ def _lint(tree: Path) -> subprocess.CompletedProcess[str]:
 
 def _broken(output: str) -> list[str]:
     return sorted(
-        line.removesuffix(" BROKEN").strip() for line in output.splitlines() if "BROKEN" in line
+        # "<name> BROKEN" or "<name> BROKEN (1 ignored import)"
+        line.split(" BROKEN")[0].strip()
+        for line in output.splitlines()
+        if "BROKEN" in line
     )
 
 
@@ -49,16 +52,25 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_tree_keeps_every_contract(pristine: Path) -> None:
     res = _lint(pristine)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "Contracts: 4 kept, 0 broken." in res.stdout
+    assert "Contracts: 5 kept, 0 broken." in res.stdout
 
 
 CYCLES = "No import cycles, at any depth"
+STORE_ONLY = "Only the store imports psycopg (driver errors translated once)"
 PLANTED = {
     # module that gets the line, the line, the contracts it must break (a wrong-way import
     # between layers is also a package cycle, since the right-way imports exist)
     "domain/events.py": (
         "import psycopg  # planted",
-        ["The domain imports no driver"],
+        ["The domain imports no driver", STORE_ONLY],
+    ),
+    "components/relay.py": (
+        "import psycopg  # planted: a component catching driver errors itself",
+        [STORE_ONLY],
+    ),
+    "ops/status.py": (
+        "from psycopg import errors  # planted",
+        [STORE_ONLY],
     ),
     "runtime/httpd.py": (
         "from pipeline.devtools import workload  # planted",

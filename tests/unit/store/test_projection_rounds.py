@@ -1,6 +1,7 @@
 from factories import outcome_event
 
-from pipeline.store.projection import Located, rounds
+from pipeline.domain.codec import Located
+from pipeline.store.projection import rounds
 
 
 def _item(pid: int, attempt: int) -> Located:
