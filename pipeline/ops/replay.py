@@ -281,6 +281,15 @@ def _ranges(read: dict[int, tuple[int, int]]) -> str:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    """re-fold the outcome log into Postgres (backfill, rebuild), with progress
+
+    Fold outcome events from the log into pending_propagations and propagation_audit with the
+    projector's own (idempotent) fold. Refuses while a live projector holds the projection lock
+    (or waits with --wait). Examples: pipeline replay --from-timestamp 2025-01-31T12:00Z
+    --dry-run; pipeline replay --rebuild. Prints a JSON report on stdout. A rebuild never
+    deletes audit rows and never un-applies a row; it refuses (exit 5) when rows need history
+    the log no longer holds, unless --covered-only. Exit codes: 0 done, 2 bad usage, 5 refused
+    (lock held or history trimmed), 130 interrupted."""
     import orjson
 
     from pipeline.ops.options import load_config
@@ -334,20 +343,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from pipeline.ops.options import add_command
 
-    p = add_command(
-        sub,
-        "replay",
-        _cmd_replay,
-        "re-fold the outcome log into Postgres (backfill, rebuild), with progress",
-        "Fold outcome events from the log into pending_propagations and "
-        "propagation_audit with the projector's own (idempotent) fold. Refuses while a "
-        "live projector holds the projection lock (or waits with --wait). Examples: "
-        "pipeline replay --from-timestamp 2025-01-31T12:00Z --dry-run; "
-        "pipeline replay --rebuild. Prints a JSON report on stdout. A rebuild never "
-        "deletes audit rows and never un-applies a row; it refuses (exit 5) when rows "
-        "need history the log no longer holds, unless --covered-only. Exit codes: 0 done, "
-        "2 bad usage, 5 refused (lock held or history trimmed), 130 interrupted.",
-    )
+    p = add_command(sub, "replay", _cmd_replay)
     add_start_options(p, default="beginning")
     flag = {"action": "store_true"}
     for name, kw, text in (

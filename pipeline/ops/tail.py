@@ -298,6 +298,11 @@ async def tail(
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
+    """follow the outcome topic as JSON lines (the reference downstream consumer)
+
+    Print outcome events as JSON lines, as a downstream service sees them, with
+    _topic/_partition/_offset added. Uses no consumer group. Example: pipeline tail
+    --from-timestamp 2025-01-31T00:00Z --outcome applied --kind tier_elevation"""
     from pipeline.ops.options import load_config
 
     cfg = load_config(args, ("kafka_bootstrap",))
@@ -327,15 +332,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     from pipeline.domain.events import Outcome
     from pipeline.ops.options import add_command
 
-    p = add_command(
-        sub,
-        "tail",
-        _cmd_tail,
-        "follow the outcome topic as JSON lines (the reference downstream consumer)",
-        "Print outcome events as JSON lines, as a downstream service sees them, with "
-        "_topic/_partition/_offset added. Uses no consumer group. Example: pipeline tail "
-        "--from-timestamp 2025-01-31T00:00Z --outcome applied --kind tier_elevation",
-    )
+    p = add_command(sub, "tail", _cmd_tail)
     add_start_options(p, default="end")
     p.add_argument(
         "--outcome",

@@ -131,17 +131,15 @@ class WorkerApp:
             )
         return self._processor
 
+    @staticmethod
+    def _trace(event: str, **fields: Any) -> None:
+        logs.event(_log, event, logging.DEBUG, **fields)
+
     async def process(self, stream: Any) -> None:
         async for event in stream.noack().events():
             msg = event.message
-            if self._debug:
-                logs.event(
-                    _log,
-                    "command_received",
-                    logging.DEBUG,
-                    partition=msg.partition,
-                    offset=msg.offset,
-                )
+            if self._debug:  # the check first: the hot path builds no fields when off
+                self._trace("command_received", partition=msg.partition, offset=msg.offset)
             await self.baselines_set.wait()  # an assignment's baselines come from the broker
             verdict = self.sequencer.admit(msg.partition, msg.offset)
             if verdict is Admit.PROCESS:
@@ -171,10 +169,8 @@ class WorkerApp:
         last_attempt = int(prior.split(b"|", 1)[0]) if prior else None
         action = dedupe_action(last_attempt, decoded.attempt)
         if self._debug:
-            logs.event(
-                _log,
+            self._trace(
                 "command_seen",
-                logging.DEBUG,
                 propagation_id=decoded.propagation_id,
                 attempt=decoded.attempt,
                 action=action,

@@ -23,6 +23,7 @@ from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
+from faust_factories import consumer_message, offline_app
 from mode.worker import Worker as ModeWorker
 
 from pipeline.adapters import faust_compat
@@ -34,13 +35,7 @@ TOPIC = "cmds"
 @pytest.fixture
 async def app(tmp_path: Any) -> AsyncIterator[faust.App]:
     # Built in a running loop: faust takes it (a loop of its own would be left unclosed).
-    app = faust.App(
-        "compat-test",
-        broker="kafka://127.0.0.1:1",
-        store="memory://",
-        web_enabled=False,
-        datadir=str(tmp_path),
-    )
+    app = offline_app("compat-test", tmp_path)
     app.topic(TOPIC, key_serializer="raw", value_serializer="raw")
     yield app
     # The consumer's thread made a loop of its own that only a started thread would close.
@@ -48,17 +43,7 @@ async def app(tmp_path: Any) -> AsyncIterator[faust.App]:
 
 
 def message(offset: int, topic: str = TOPIC) -> ConsumerMessage:
-    return ConsumerMessage(
-        topic=topic,
-        partition=0,
-        offset=offset,
-        timestamp=0.0,
-        timestamp_type=0,
-        headers=[],
-        key=b"k",
-        value=b"v",
-        checksum=None,
-    )
+    return consumer_message(offset, topic)
 
 
 def acking_consumer(app: faust.App, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -83,29 +68,22 @@ async def test_fausts_consumer_keeps_the_ack_names_filter_acks_uses(app: faust.A
     assert "self._unacked_messages" in inspect.getsource(faust_consumer.Consumer.wait_empty)
 
 
-async def test_filter_acks_passes_allowed_acks_to_faust(
-    app: faust.App, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("allowed", "acked"),
+    [(True, [0]), (False, [])],  # a refused ack leaves nothing to commit
+    ids=["allowed-reaches-faust", "refused-is-forgotten"],
+)
+async def test_filter_acks(
+    app: faust.App, monkeypatch: pytest.MonkeyPatch, allowed: bool, acked: list[int]
 ) -> None:
     consumer = acking_consumer(app, monkeypatch)
-    faust_compat.filter_acks(consumer, lambda m: True)
-    m = message(0)
-    consumer.track_message(m)
-    assert m.ack(consumer) is True
-    assert consumer._acked[TP(TOPIC, 0)] == [0]
-    assert set(consumer._unacked_messages) == set()
-
-
-async def test_filter_acks_refuses_and_forgets_the_refused(
-    app: faust.App, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    consumer = acking_consumer(app, monkeypatch)
-    faust_compat.filter_acks(consumer, lambda m: False)
+    faust_compat.filter_acks(consumer, lambda m: allowed)
     m = message(0)
     consumer.track_message(m)
     assert set(consumer._unacked_messages) == {m}
-    assert m.ack(consumer) is False
-    assert consumer._acked[TP(TOPIC, 0)] == []  # nothing to commit
-    assert set(consumer._unacked_messages) == set()  # and nothing for shutdown to wait on
+    assert m.ack(consumer) is allowed
+    assert consumer._acked[TP(TOPIC, 0)] == acked
+    assert set(consumer._unacked_messages) == set()  # either way, nothing for shutdown to wait on
 
 
 async def test_forget_unacked_drops_only_that_message(app: faust.App) -> None:

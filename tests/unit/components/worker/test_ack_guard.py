@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import faust
 import pytest
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
+from faust_factories import consumer_message, offline_app
 
 from pipeline.components.worker.ack_guard import AckGuard
 
@@ -18,13 +18,7 @@ TP0 = TP(TOPIC, 0)
 
 @pytest.fixture
 async def consumer(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
-    app = faust.App(
-        "ack-guard-test",
-        broker="kafka://127.0.0.1:1",
-        store="memory://",
-        web_enabled=False,
-        datadir=str(tmp_path),
-    )
+    app = offline_app("ack-guard-test", tmp_path)
     consumer = app.consumer
     # As for a topic an agent subscribed to (subscribing needs a running conductor).
     monkeypatch.setattr(app.topics, "acks_enabled_for", lambda topic: True)
@@ -44,17 +38,7 @@ class Event:
 
 
 def delivered(consumer: Any, offset: int, topic: str = TOPIC) -> ConsumerMessage:
-    m = ConsumerMessage(
-        topic=topic,
-        partition=0,
-        offset=offset,
-        timestamp=0.0,
-        timestamp_type=0,
-        headers=[],
-        key=b"k",
-        value=b"v",
-        checksum=None,
-    )
+    m = consumer_message(offset, topic)
     consumer.track_message(m)  # what faust's conductor does before a stream sees it
     return m
 
