@@ -6,11 +6,13 @@ The folders are the architecture. Data and imports flow one way, top to bottom; 
 ==============  ===========================================================================
 layer           holds
 ==============  ===========================================================================
-``ops``         what an operator runs: the ``pipeline`` CLI (``cli``, ``options``), ``status``
-                and ``lag``, ``history`` (``show``), ``tail``, ``replay``, the web ``console``
+``ops``         what an operator runs: the ``pipeline`` CLI (``cli``; ``options`` and
+                ``output`` shared by every command), ``status`` (and ``retry``), ``lag``,
+                ``history`` (``show``), ``tail``, ``replay``, the web ``console``
 ``devtools``    what a developer runs: the local ``stack`` (Kafka, Postgres), the
                 ``fake_provisioner``, ``bench``, ``demo`` and the ``workload`` chaos shares
-``components``  the long-running roles: ``relay``, ``worker`` (faust app), ``projector``,
+``components``  the long-running roles: ``relay``, ``worker`` (the faust app, its
+                ``ack_guard``, ``sequencer`` and ``lanes``), ``projector``,
                 the ``lag`` monitor, and the ``supervisor`` that wires config into them and
                 runs them (the composition root, with the one ``COMPONENTS`` table)
 ``adapters``    drivers other than Postgres: the gRPC ``provisioner`` client and ``proto``,
