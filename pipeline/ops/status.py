@@ -52,6 +52,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from pipeline.store.db import connected
 
     cfg = load_config(args, ("database_url",))
+    _import_kafka_side()
     with connected(cfg.database_url, what="cannot read status", autocommit=True) as conn:
         report = status_store.status(conn)
     # Both Kafka questions at once, each bounded: status answers within 5 s with a broker down.
@@ -97,6 +98,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         for line in footer:
             print(line)
     return rc
+
+
+def _import_kafka_side() -> None:
+    # Before the clocks below start: their bounds are for the brokers' answers, and a cold
+    # import of aiokafka and faust (a fresh install compiles them) can take seconds on its own.
+    import pipeline.adapters.replication
+    import pipeline.components.lag
+    import pipeline.components.worker.replicated  # noqa: F401
 
 
 def _kafka_section(cfg: Any) -> dict[str, Any] | None:
