@@ -1,14 +1,14 @@
 """Every use of faust's, mode's and aiokafka's private API in the package, in one place.
 
 Pinned against faust-streaming 0.15.3, mode-streaming 0.7.1 and aiokafka 0.14.0. Each function
-names the private attribute it relies on; tests/unit/test_faust_compat.py fails when an upgrade
-moves or renames one, so an upgrade is checked here and nowhere else.
+names the private attribute it relies on; tests/unit/adapters/test_faust_compat.py fails when an
+upgrade moves or renames one, so an upgrade is checked here and nowhere else.
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -67,32 +67,6 @@ def set_fetch_max_wait(ms: int) -> None:
 
     thread_cls._pipeline_unpatched_create = original
     thread_cls._create_worker_consumer = create
-
-
-# --- the table's memory store (faust.tables.base.Collection, faust.stores.memory.Store) -----
-
-
-class StoreHookTable(faust.Table[bytes, bytes]):
-    """A faust Table that may adapt its store when faust builds it.
-
-    Overrides the private hook ``Collection._new_store()``, which faust calls once to build
-    the table's store; subclasses override :meth:`adapt_store`.
-    """
-
-    def _new_store(self) -> Any:
-        return self.adapt_store(super()._new_store())
-
-    def adapt_store(self, store: Any) -> Any:
-        return store
-
-
-def replace_memory_store_dicts(
-    store: Any, new_dict: Callable[[], MutableMapping[Any, Any]]
-) -> None:
-    """Give a memory store fresh mappings from ``new_dict()``: its ``data`` and its private
-    ``_key_partition`` (each recovered key's partition, otherwise unbounded)."""
-    store.data = new_dict()
-    store._key_partition = new_dict()
 
 
 # --- the app's aiokafka producer (faust.transport.drivers.aiokafka.Producer) ----------------

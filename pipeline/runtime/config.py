@@ -24,10 +24,11 @@ CALL_TRIES_PER_ATTEMPT = 3
 # An attempt can take at most HANDLER_DEADLINE * CALL_TRIES_PER_ATTEMPT plus pauses (~31 s);
 # 25 minutes is ample headroom and far below the 80 minutes a default job rescuer allows.
 RESCUE_STUCK_AFTER = timedelta(minutes=25)
-# The worker's memory of answered (propagation, attempt) pairs: the most recent this many, and
-# a changelog that keeps about this long, so memory and restart time stay bounded at any
-# throughput. A redelivery older than both is executed again (the provisioner's idempotency
-# key makes that safe) instead of re-emitting the recorded outcome.
+# The worker's memory of answered (propagation, attempt) pairs: the most recent this many, read
+# back from the outcome topic no further than this (components/worker/recall.py; the name is
+# older than that), so memory and restart time stay bounded at any throughput. A redelivery
+# older than both is executed again (the provisioner's idempotency key makes that safe)
+# instead of re-emitting the recorded outcome.
 DEDUPE_MAX_ENTRIES = 50_000
 DEDUPE_CHANGELOG_RETENTION = timedelta(minutes=15)
 # Exit codes: pipeline/exit_codes.py.

@@ -101,7 +101,6 @@ def test_every_topic_the_pipeline_creates_has_factor_3_and_min_isr_2(
     assert set(described) == {
         f"{topic_prefix}propagations",
         f"{topic_prefix}propagation-outcomes",
-        f"{group}-processed-attempts-changelog",
         f"{group}-__assignor-__leader",
     }
     for name, (replicas, min_isr) in described.items():

@@ -6,9 +6,9 @@ commits past a command whose outcome is not yet in the producer (faust flushes t
 before each commit). faust's own agent concurrency > 1 is avoided: it can commit past an
 in-flight message (faust-streaming issue #606).
 
-Redelivered (propagation_id, attempt) pairs are recognised with a faust table backed by
-its changelog topic, so de-duplication survives restarts and rebalances; the table and its
-changelog are bounded (streams/seen.py).
+Redelivered (propagation_id, attempt) pairs are recognised from a bounded memory of the
+answers given, read back from the outcome topic at each assignment (recall.py), so
+de-duplication survives restarts and rebalances without a changelog record per command.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from pipeline.components.worker.progress import (
     PartitionView,
     stalled_partitions,
 )
-from pipeline.components.worker.replicated import SEEN_TABLE
-from pipeline.components.worker.seen import seen_table
+from pipeline.components.worker.recall import recall, recorded, remember
+from pipeline.components.worker.seen import BoundedDict
 from pipeline.components.worker.sequencer import Admit, Sequencer
 from pipeline.components.worker.shutdown import BoundedStopWorker, exit_not_drained
 from pipeline.domain import codec
@@ -54,6 +54,7 @@ from pipeline.runtime.metrics import Metrics
 _log = logs.get("worker")
 RECOVERY_STALL_S = 60.0  # table recovery here takes well under a second per 10k entries
 DRAIN_TIMEOUT_S = 15.0  # in-flight commands at stop; the stop deadline (25 s) bounds the rest
+RECALL_TIMEOUT_S = 60.0  # reading back at most DEDUPE_MAX_ENTRIES outcomes per partition
 
 
 # faust builds its consumer with fetch_max_wait_ms=1500, hard-coded. aiokafka keeps one fetch
@@ -83,14 +84,7 @@ class WorkerApp:
             cfg.commands_topic, key_serializer="raw", value_serializer="raw", allow_empty=True
         )
         outcomes = self.app.topic(cfg.outcomes_topic, key_serializer="raw", value_serializer="raw")
-        self.seen = seen_table(
-            self.app,
-            SEEN_TABLE,
-            partitions=cfg.partitions,
-            max_entries=DEDUPE_MAX_ENTRIES,
-            retention=DEDUPE_CHANGELOG_RETENTION,
-            extra_configs=want.topic_configs(),
-        )
+        self.seen: BoundedDict[bytes, bytes] = BoundedDict(DEDUPE_MAX_ENTRIES)
         self.outcome_sender = OutcomeSender(self.app, outcomes, metrics)
         self.lanes = OrderedLanes(cfg.worker_concurrency, self.fatal)
         self.guard = AckGuard(cfg.commands_topic)
@@ -164,10 +158,8 @@ class WorkerApp:
             if bad is not None:
                 await self.outcome_sender.send(bad.key.encode(), codec.encode(bad))
             return
-        seen_key = str(decoded.propagation_id).encode()
-        prior: bytes | None = self.seen.get(seen_key)
-        last_attempt = int(prior.split(b"|", 1)[0]) if prior else None
-        action = dedupe_action(last_attempt, decoded.attempt)
+        prior = recorded(self.seen, decoded.propagation_id)
+        action = dedupe_action(prior[0] if prior else None, decoded.attempt)
         if self._debug:
             self._trace(
                 "command_seen",
@@ -182,11 +174,11 @@ class WorkerApp:
             # Same attempt again (redelivery or rescue): emit the recorded outcome with its
             # event_id instead of calling the provisioner a second time.
             self.metrics.duplicates.labels("processor").inc()
-            await self.outcome_sender.send(decoded.key.encode(), prior.split(b"|", 1)[1])
+            await self.outcome_sender.send(decoded.key.encode(), prior[1])
             return
         event = await proc.handle(decoded)
         body = codec.encode_validated(event)
-        self.seen[seen_key] = str(decoded.attempt).encode() + b"|" + body
+        remember(self.seen, decoded.propagation_id, decoded.attempt, body)
         await self.outcome_sender.send(event.key.encode(), body)
 
     async def restart_for_gap(self, partition: int, expected: int | None, got: int) -> None:
@@ -288,14 +280,27 @@ class WorkerApp:
             baselines = await self.end_offsets.baselines_within(self.cfg.processor_group, mine)
         except Exception as exc:  # starting from the first message delivered can lose commands
             await self.restart("baselines_unavailable", partitions=mine, error=repr(exc)[:200])
-        self.sequencer.reset(
-            baselines
-        )  # after a rebalance the stream restarts at committed offsets
+        try:
+            recalled = await asyncio.wait_for(
+                recall(
+                    self.cfg.kafka_client_kwargs(),
+                    self.cfg.outcomes_topic,
+                    mine,
+                    self.seen,
+                    within=DEDUPE_CHANGELOG_RETENTION,
+                    max_entries=DEDUPE_MAX_ENTRIES,
+                ),
+                RECALL_TIMEOUT_S,
+            )
+        except Exception as exc:  # without it a redelivery would call the provisioner again
+            await self.restart("recall_unavailable", partitions=mine, error=repr(exc)[:200])
+        # After a rebalance the stream restarts at the committed offsets.
+        self.sequencer.reset(baselines)
         self.baselines_set.set()
         now = time.monotonic()
         self.admitted_at.clear()
         self.admitted_at.update({p: now for p in mine})
-        logs.event(_log, "partitions_assigned", partitions=mine)
+        logs.event(_log, "partitions_assigned", partitions=mine, recalled=recalled)
 
     async def on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
         # Finish what is in flight so its outcomes are produced before the partitions move.

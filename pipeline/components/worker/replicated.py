@@ -22,9 +22,6 @@ from pipeline.runtime.metrics import Metrics
 _log = logs.get("worker")
 
 
-SEEN_TABLE = "processed-attempts"
-
-
 def faust_topics(app: faust.App, default_partitions: int) -> list[tuple[str, int, dict[str, str]]]:
     """(name, partitions, topic configs) of every topic faust would create for ``app``."""
     out = [
@@ -65,11 +62,11 @@ async def ensure_worker_topics(
 
 def worker_topic_names(cfg: Config) -> list[str]:
     """Every topic the pipeline creates, by name, without building the faust app (for
-    ``pipeline status``); tests/unit/test_worker_topics.py checks it against faust_topics."""
+    ``pipeline status``); tests/unit/components/worker/test_worker_topics.py checks it against
+    faust_topics."""
     group = cfg.processor_group
     return [
         cfg.commands_topic,
         cfg.outcomes_topic,
-        f"{group}-{SEEN_TABLE}-changelog",
         leader_topic_name(group),
     ]

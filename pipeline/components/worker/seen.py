@@ -1,10 +1,7 @@
 """The worker's bounded memory of the (propagation, attempt) pairs it has answered.
 
-faust's in-memory table keeps every key it ever saw, and recovers by reading the whole
-changelog: memory and restart time grow with every propagation ever processed, until the
-recovery watchdog's 60 s are no longer enough. Here the table keeps the most recently set
-``max_entries`` keys (also while recovering) and its changelog topic deletes what is older
-than the retention, so both stay bounded at any throughput.
+It keeps the most recently set ``max_entries`` keys, so memory and the read-back at each
+assignment (components/worker/recall.py) stay bounded at any throughput.
 
 What is forgotten is only an optimisation lost: a redelivered attempt that is no longer
 remembered is executed again, and the provisioner's idempotency key keeps the effect single.
@@ -13,12 +10,7 @@ remembered is executed again, and the provisioner's idempotency key keeps the ef
 from __future__ import annotations
 
 from collections import OrderedDict
-from datetime import timedelta
-from typing import Any, TypeVar
-
-import faust
-
-from pipeline.adapters.faust_compat import StoreHookTable, replace_memory_store_dicts
+from typing import TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -43,48 +35,3 @@ class BoundedDict(OrderedDict[K, V]):
         if len(self) > self.max_entries:
             self.popitem(last=False)
             self.evicted += 1
-
-
-class SeenTable(StoreHookTable):
-    """A faust table on a memory store whose dicts are :class:`BoundedDict`."""
-
-    max_entries = 50_000
-
-    def adapt_store(self, store: Any) -> Any:
-        replace_memory_store_dicts(store, lambda: BoundedDict(self.max_entries))
-        return store
-
-
-def changelog_configs(retention: timedelta) -> dict[str, str]:
-    """Topic settings of the table's changelog: compacted, and deleted after ``retention``."""
-    ms = int(retention.total_seconds() * 1000)
-    return {
-        "cleanup.policy": "compact,delete",
-        "retention.ms": str(ms),
-        # Retention deletes whole segments: roll them often enough that it can.
-        "segment.ms": str(max(ms // 3, 60_000)),
-    }
-
-
-def seen_table(
-    app: faust.App,
-    name: str,
-    *,
-    partitions: int,
-    max_entries: int,
-    retention: timedelta,
-    extra_configs: dict[str, str] | None = None,
-) -> SeenTable:
-    table = SeenTable(
-        app,
-        name=name,
-        default=None,
-        beacon=app.tables.beacon,
-        partitions=partitions,
-        key_type=bytes,
-        value_type=bytes,
-        extra_topic_configs=changelog_configs(retention) | (extra_configs or {}),
-    )
-    table.max_entries = max_entries
-    app.tables.add(table)
-    return table

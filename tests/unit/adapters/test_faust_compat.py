@@ -8,7 +8,6 @@ from __future__ import annotations
 import inspect
 import signal
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 from weakref import WeakSet
 
@@ -17,8 +16,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient
-from faust.stores.memory import Store
-from faust.tables.base import Collection
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -27,7 +24,6 @@ from faust_factories import consumer_message, offline_app
 from mode.worker import Worker as ModeWorker
 
 from pipeline.adapters import faust_compat
-from pipeline.components.worker.seen import BoundedDict, seen_table
 
 TOPIC = "cmds"
 
@@ -119,39 +115,6 @@ async def test_set_fetch_max_wait_changes_the_worker_consumer(app: faust.App) ->
         from pipeline.components.worker.app import FETCH_MAX_WAIT_MS
 
         faust_compat.set_fetch_max_wait(FETCH_MAX_WAIT_MS)  # what every worker sets
-
-
-# --- StoreHookTable / replace_memory_store_dicts ---------------------------------------------
-
-
-def test_fausts_table_builds_its_store_through_new_store() -> None:
-    assert list(inspect.signature(Collection._new_store).parameters) == ["self"]
-    assert "self._new_store()" in inspect.getsource(Collection.data.fget)  # type: ignore[attr-defined]
-    source = inspect.getsource(Store)
-    assert "self._key_partition: MutableMapping[KT, int] = {}" in source
-    assert "self._key_partition[key] = event.message.partition" in source
-
-
-async def test_a_store_hook_table_bounds_the_memory_store(app: faust.App) -> None:
-    table = seen_table(app, "t", partitions=1, max_entries=2, retention=timedelta(minutes=1))
-    assert isinstance(table, faust_compat.StoreHookTable)
-    store = table.data
-    assert isinstance(store, Store)
-    assert isinstance(store.data, BoundedDict) and store.data.max_entries == 2
-    assert isinstance(store._key_partition, BoundedDict)
-    assert store._key_partition.max_entries == 2
-
-
-async def test_replace_memory_store_dicts(app: faust.App) -> None:
-    store = Store(url="memory://", app=app, table=None, table_name="t")  # type: ignore[arg-type]
-    made: list[dict[Any, Any]] = []
-
-    def new_dict() -> dict[Any, Any]:
-        made.append({})
-        return made[-1]
-
-    faust_compat.replace_memory_store_dicts(store, new_dict)
-    assert store.data is made[0] and store._key_partition is made[1]
 
 
 # --- the producer ----------------------------------------------------------------------------

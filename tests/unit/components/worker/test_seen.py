@@ -1,14 +1,13 @@
-"""The worker's de-duplication memory stays bounded, in memory and on the changelog."""
+"""The worker's de-duplication memory stays bounded and writes no changelog."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 
-from pipeline.components.worker.app import SEEN_TABLE, build_app
-from pipeline.components.worker.seen import BoundedDict, SeenTable, changelog_configs
-from pipeline.runtime.config import DEDUPE_CHANGELOG_RETENTION, DEDUPE_MAX_ENTRIES, Config
+from pipeline.components.worker.app import build_app
+from pipeline.components.worker.recall import recorded, remember
+from pipeline.components.worker.seen import BoundedDict
+from pipeline.runtime.config import Config
 from pipeline.runtime.metrics import Metrics
 
 
@@ -25,7 +24,6 @@ def test_forgets_the_least_recently_set_keys() -> None:
 
 
 def test_bulk_updates_are_bounded_too() -> None:
-    # faust's memory store applies a recovered changelog batch with dict.update.
     d: BoundedDict[int, int] = BoundedDict(100)
     d.update((i, i) for i in range(1_000))
     assert list(d) == list(range(900, 1_000))
@@ -37,18 +35,17 @@ def test_a_bound_below_one_is_refused() -> None:
         BoundedDict(0)
 
 
-@pytest.mark.parametrize(
-    ("retention", "expected"),
-    [
-        (timedelta(minutes=15), {"retention.ms": "900000", "segment.ms": "300000"}),
-        (timedelta(minutes=1), {"retention.ms": "60000", "segment.ms": "60000"}),
-    ],
-)
-def test_changelog_configs(retention: timedelta, expected: dict[str, str]) -> None:
-    assert changelog_configs(retention) == {"cleanup.policy": "compact,delete", **expected}
+def test_remembers_the_last_answer_per_propagation() -> None:
+    memory: BoundedDict[bytes, bytes] = BoundedDict(10)
+    assert recorded(memory, 7) is None
+    remember(memory, 7, 1, b'{"a": 1}')
+    remember(memory, 7, 2, b'{"a": "x|y"}')  # the body may hold the separator
+    assert recorded(memory, 7) == (2, b'{"a": "x|y"}')
 
 
-def test_the_worker_builds_its_table_bounded(tmp_path: object) -> None:
+def test_the_worker_writes_no_changelog(tmp_path: object) -> None:
+    # No faust table: the broker no longer writes each propagation a third time (issue 16);
+    # the memory is read back from the outcome topic instead (components/worker/recall.py).
     cfg = Config(
         database_url="postgresql://x/y",
         kafka_bootstrap="127.0.0.1:9",
@@ -57,22 +54,11 @@ def test_the_worker_builds_its_table_bounded(tmp_path: object) -> None:
         data_dir=str(tmp_path),
     )
     app = build_app(cfg, Metrics(["tier_elevation"]), port_factory=lambda: None)
-    table = app.tables[SEEN_TABLE]
-    assert isinstance(table, SeenTable)
-    assert isinstance(table.data.data, BoundedDict)
-    assert table.data.data.max_entries == DEDUPE_MAX_ENTRIES
-    # plus the replication's min ISR (1 without a cluster to ask; streams/replicated.py)
-    assert table.changelog_topic.config == changelog_configs(DEDUPE_CHANGELOG_RETENTION) | {
-        "min.insync.replicas": "1"
-    }
-    assert (
-        table.changelog_topic.get_topic_name()
-        == "t-propagation-processor-processed-attempts-changelog"
-    )
+    assert list(app.tables) == []
 
 
 async def test_the_worker_consumer_waits_at_most_50_ms_per_fetch(tmp_path: object) -> None:
-    # faust hard-codes fetch_max_wait_ms=1500; the worker shortens it (streams/app.py).
+    # faust hard-codes fetch_max_wait_ms=1500; the worker shortens it (components/worker/app.py).
     from pipeline.components.worker.app import FETCH_MAX_WAIT_MS
 
     cfg = Config(

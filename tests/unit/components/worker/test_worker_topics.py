@@ -16,17 +16,11 @@ def _app(tmp_path: Any) -> Any:
     return build_app(cfg, Metrics(["tier_elevation"]), lambda: None, None, Replication(3, 2))
 
 
-def test_changelog_and_leader_topics_with_their_settings(tmp_path: Any) -> None:
+def test_the_leader_topic_with_its_settings(tmp_path: Any) -> None:
     app = _app(tmp_path)
     assert app.conf.topic_replication_factor == 3
     topics = {name: (parts, cfg) for name, parts, cfg in faust_topics(app, 4)}
-    changelog = "x-propagation-processor-processed-attempts-changelog"
-    assert set(topics) == {changelog, "x-propagation-processor-__assignor-__leader"}
-    parts, cfg = topics[changelog]
-    assert parts == 4
-    assert cfg["cleanup.policy"] == "compact,delete"
-    assert cfg["min.insync.replicas"] == "2"
-    assert topics["x-propagation-processor-__assignor-__leader"] == (1, {})
+    assert topics == {"x-propagation-processor-__assignor-__leader": (1, {})}
 
 
 def test_status_names_the_same_topics_as_the_worker_creates(tmp_path: Any) -> None:
