@@ -23,6 +23,14 @@ from pipeline.runtime.metrics import Metrics
 _log = logs.get("services")
 
 
+def use_uvloop() -> None:
+    """uvloop for every loop of this process (faust's consumer thread too): about a fifth
+    less CPU per propagation in the worker (issue 16)."""
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def new_metrics() -> Metrics:
     return Metrics(build_registry().kinds)
 
@@ -99,6 +107,7 @@ def _serve_http(cfg: Config, metrics: Metrics, component: str) -> httpd.Health:
 
 
 def run_relay(cfg: Config) -> int:
+    use_uvloop()
     from pipeline.adapters.kafka_producer import HealingProducer
     from pipeline.components.lag import LagMonitor, pipeline_sources
     from pipeline.components.relay import Relay, make_producer
@@ -141,6 +150,7 @@ def run_relay(cfg: Config) -> int:
 
 
 def run_projector(cfg: Config) -> int:
+    use_uvloop()
     from pipeline.components.projector import Projector
 
     metrics = new_metrics()
@@ -162,6 +172,7 @@ def run_projector(cfg: Config) -> int:
 
 
 def run_worker(cfg: Config) -> int:
+    use_uvloop()
     from pipeline.components.worker.app import run_worker as faust_worker
 
     metrics = new_metrics()
