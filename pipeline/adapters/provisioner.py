@@ -238,11 +238,12 @@ def _result(result: Any) -> ProvisionReply:
 class _Batcher:
     """Coalesces concurrent calls into ``ApplyBatch`` round trips.
 
-    Nagle-style: while fewer than ``max_in_flight`` batches are on the wire a call leaves at
-    once (a lone command never waits), otherwise it joins the next batch, which leaves as
-    soon as a slot frees up. Under load batches grow by themselves. A batch gives its slot
-    back at its first answer (or after ``SLOT_HOLD_S``), not at its last: items the
-    provisioner is slow on must not hold up the batching of everything else.
+    Nagle-style: while fewer than ``max_in_flight`` batches are on the wire, the calls made in
+    one turn of the event loop leave together at its end (a lone command waits for no
+    timer); otherwise they join the next batch, which leaves as soon as a slot frees up.
+    Under load batches grow by themselves. A batch gives its slot back at its first answer
+    (or after ``SLOT_HOLD_S``), not at its last: items the provisioner is slow on must not
+    hold up the batching of everything else.
     """
 
     SLOT_HOLD_S = 0.02
@@ -254,16 +255,22 @@ class _Batcher:
         self._queue: list[tuple[Any, asyncio.Future[ProvisionReply | None]]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Future[None]] = set()
+        self._pump_due = False
         self.unsupported = False
 
     async def call(self, item: Any) -> ProvisionReply | None:
         """The item's reply; None when the provisioner has no ApplyBatch (use single calls)."""
         fut: asyncio.Future[ProvisionReply | None] = asyncio.get_running_loop().create_future()
         self._queue.append((item, fut))
-        self._pump()
+        if not self._pump_due:
+            # The worker starts a batch of commands in one turn: sending the first call at
+            # once would make it a batch of one and hold the rest back until it is answered.
+            self._pump_due = True
+            asyncio.get_running_loop().call_soon(self._pump)
         return await fut
 
     def _pump(self) -> None:
+        self._pump_due = False
         if self.unsupported:
             queued, self._queue = self._queue, []
             for _, fut in queued:

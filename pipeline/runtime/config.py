@@ -61,7 +61,7 @@ class Config:
     partitions: int = 6
     relay_batch_size: int = 500
     relay_poll_interval: float = 1.0
-    worker_concurrency: int = 64
+    worker_concurrency: int = 128
     # Retention of the topics the pipeline creates, in ms (-1: forever). The outcome log is
     # the source the projection and every backfill are rebuilt from, so it is kept forever
     # unless bounded on purpose; a command is only needed until the worker has read it.

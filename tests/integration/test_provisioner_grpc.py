@@ -217,9 +217,8 @@ async def test_concurrent_calls_share_round_trips(fake: FakeProvisioner) -> None
             assert isinstance(result, CallFailed)
             assert (result.code, result.retryable) == ("INVALID_ARGUMENT", False)
     assert set(fake.effects()) == {f"k-{rid}" for rid in rids if rid.startswith("ok")}
-    # The first call leaves alone (nothing waits for company); the rest queue behind it and
-    # leave 8 at a time.
-    assert fake.batch_sizes() == [1, 8, 8, 8, 5]
+    # The calls of one turn of the loop leave together, 8 at a time (one batch on the wire).
+    assert fake.batch_sizes() == [8, 8, 8, 6]
 
 
 async def test_transient_failure_of_one_item_retries_only_that_item(
@@ -255,7 +254,7 @@ async def test_a_slow_item_does_not_fail_its_batch_mates(fake: FakeProvisioner) 
         await client.close()
     assert isinstance(results[0], CallFailed) and results[0].code == "DEADLINE_EXCEEDED"
     assert results[1:] == [Applied()] * 3
-    assert fake.batch_sizes() == [1, 3]  # the slow one left alone; the others queued behind it
+    assert fake.batch_sizes() == [4]  # one turn's calls leave together
     assert set(fake.effects()) == {"k-fast-1", "k-fast-2", "k-fast-3"}
 
 
@@ -274,9 +273,9 @@ async def test_provisioner_without_apply_batch_gets_single_calls() -> None:
         plain.stop()
     assert first == [Applied()] * 5 and later == Applied()
     assert set(effects) == {f"k-p{i}" for i in range(5)} | {"k-later"}
-    # The two batches on the wire were refused; the three queued calls and every later one
-    # went straight to single calls.
-    assert (refused, plain.batch_refusals) == (2, 2)
+    # The one batch (the five calls of one turn) was refused; its calls and every later one
+    # went to single calls.
+    assert (refused, plain.batch_refusals) == (1, 1)
 
 
 def _http(method: str, url: str, body: object = None) -> object:
