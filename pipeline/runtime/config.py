@@ -25,13 +25,13 @@ CALL_TRIES_PER_ATTEMPT = 3
 # 25 minutes is ample headroom and far below the 80 minutes a default job rescuer allows.
 RESCUE_STUCK_AFTER = timedelta(minutes=25)
 # The worker's memory of answered (propagation, attempt) pairs: the most recent this many, read
-# back from the outcome topic no further than this (components/worker/recall.py; the name is
-# older than that), so memory and restart time stay bounded at any throughput. A redelivery
-# older than both is executed again (the provisioner's idempotency key makes that safe)
-# instead of re-emitting the recorded outcome.
+# back at each assignment from the outcome topic no further back than this
+# (components/worker/recall.py), so memory and restart time stay bounded at any throughput. A
+# redelivery older than both is executed again (the provisioner's idempotency key makes that
+# safe) instead of re-emitting the recorded outcome.
 DEDUPE_MAX_ENTRIES = 50_000
-DEDUPE_CHANGELOG_RETENTION = timedelta(minutes=15)
-# Exit codes: pipeline/exit_codes.py.
+DEDUPE_RECALL_WINDOW = timedelta(minutes=15)
+# Exit codes: pipeline/runtime/exit_codes.py.
 
 REQUIRED_FOR_ALL = ("database_url", "kafka_bootstrap", "provisioner_addr")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -119,7 +119,7 @@ class Config:
             "handler_deadline_s": HANDLER_DEADLINE.total_seconds(),
             "call_tries_per_attempt": CALL_TRIES_PER_ATTEMPT,
             "dedupe_max_entries": DEDUPE_MAX_ENTRIES,
-            "dedupe_changelog_retention_s": DEDUPE_CHANGELOG_RETENTION.total_seconds(),
+            "dedupe_recall_window_s": DEDUPE_RECALL_WINDOW.total_seconds(),
             "max_attempts": self.max_attempts,
             "backoff_scale": self.backoff_scale,
             "topic_prefix": self.topic_prefix,

@@ -46,7 +46,7 @@ from pipeline.domain.decide import RetryPolicy, dedupe_action
 from pipeline.domain.handlers import ProvisionerPort
 from pipeline.domain.registry import build_registry
 from pipeline.runtime import logs
-from pipeline.runtime.config import DEDUPE_CHANGELOG_RETENTION, DEDUPE_MAX_ENTRIES, Config
+from pipeline.runtime.config import DEDUPE_MAX_ENTRIES, DEDUPE_RECALL_WINDOW, Config
 from pipeline.runtime.exit_codes import ExitCode, exit_now
 from pipeline.runtime.httpd import Health
 from pipeline.runtime.metrics import Metrics
@@ -297,7 +297,7 @@ class WorkerApp:
                     self.cfg.outcomes_topic,
                     mine,
                     self.seen,
-                    within=DEDUPE_CHANGELOG_RETENTION,
+                    within=DEDUPE_RECALL_WINDOW,
                     max_entries=DEDUPE_MAX_ENTRIES,
                 ),
                 RECALL_TIMEOUT_S,
