@@ -13,109 +13,36 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+# The report's values live in lag_report; importers keep using this module's names.
+from pipeline.components.lag_report import LagReport, PartitionLag, Source, pipeline_sources
 from pipeline.domain.errors import BrokerError, PipelineError, StoreError
-from pipeline.domain.events import iso, utcnow
+from pipeline.domain.events import utcnow
 from pipeline.runtime import logs
 from pipeline.runtime.metrics import Metrics
 from pipeline.store.db import AsyncConn, connect_async
-from pipeline.store.outbox import Backlog, OutboxStore
+from pipeline.store.outbox import OutboxStore
 from pipeline.store.projection import ProjectionStore
 
 _log = logs.get("lag")
 _FETCH_TIMEOUT_S = 5.0
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """One consumer to measure: a Kafka consumer group, or a projection's checkpoints."""
-
-    group: str
-    topic: str
-    offsets: Literal["kafka", "postgres"]
-
-
-def pipeline_sources(
-    processor_group: str, commands_topic: str, projection_name: str, outcomes_topic: str
-) -> list[Source]:
-    """The pipeline's consumers: the processor's group and the projector's checkpoints."""
-    return [
-        Source(processor_group, commands_topic, "kafka"),
-        Source(projection_name, outcomes_topic, "postgres"),
-    ]
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionLag:
-    group: str
-    topic: str
-    partition: int
-    committed: int | None  # None: nothing committed (the consumer starts at the log start)
-    end: int
-    lag: int
-    lag_seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "lag_seconds": round(self.lag_seconds, 3)}
-
-
-@dataclass(frozen=True, slots=True)
-class LagReport:
-    measured_at: datetime
-    partitions: list[PartitionLag]
-    outbox: Backlog | None = None
-    topics_missing: list[str] = field(default_factory=list)
-    # Per topic, the timestamp of its oldest retained record (None: empty): how far back a
-    # replay of that topic can reach.
-    earliest_retained: dict[str, datetime | None] = field(default_factory=dict)
-    # (group, topic, partition) that could not be measured in time (a broker down).
-    unavailable: list[tuple[str, str, int]] = field(default_factory=list)
-
-    @property
-    def partial(self) -> bool:
-        return bool(self.unavailable)
-
-    def total(self, group: str) -> int:
-        return sum(p.lag for p in self.partitions if p.group == group)
-
-    def max_seconds(self, group: str) -> float:
-        return max((p.lag_seconds for p in self.partitions if p.group == group), default=0.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        groups: dict[str, dict[str, Any]] = {}
-        for p in self.partitions:
-            g = groups.setdefault(p.group, {"topic": p.topic, "lag": 0, "lag_seconds": 0.0})
-            g["lag"] += p.lag
-            g["lag_seconds"] = round(max(g["lag_seconds"], p.lag_seconds), 3)
-        return {
-            "measured_at": iso(self.measured_at),
-            "groups": groups,
-            "partitions": [p.to_dict() for p in self.partitions],
-            "outbox": (
-                None
-                if self.outbox is None
-                else {
-                    "due_unpublished": self.outbox.due_unpublished,
-                    "oldest_age_seconds": round(self.outbox.oldest_age_seconds, 3),
-                }
-            ),
-            "topics_missing": self.topics_missing,
-            "earliest_retained": {
-                t: iso(at) if at else None for t, at in sorted(self.earliest_retained.items())
-            },
-            "unavailable": [
-                {"group": g, "topic": t, "partition": p} for g, t, p in self.unavailable
-            ],
-            "partial": self.partial,
-        }
+__all__ = [
+    "LagMonitor",
+    "LagProbe",
+    "LagReport",
+    "PartitionLag",
+    "Source",
+    "earliest_retained",
+    "measure",
+    "pipeline_sources",
+]
 
 
 class LagProbe:
