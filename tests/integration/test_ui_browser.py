@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from console import Client, Console, chromium, screenshot
 from harness import Pipeline
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -110,10 +111,20 @@ def _wait(driver: Any, css: str, timeout: float = 60) -> Any:
 def _navigates(driver: Any, act: Callable[[], Any], timeout: float = 60) -> None:
     # Runs an action that loads a new page and waits until the old document is gone. Without
     # this, a wait for an element both pages share returns the old page's copy: CI saw the
-    # filter's result counted while the unfiltered list was still on screen.
-    old = driver.find_element(By.TAG_NAME, "html")
+    # filter's result counted while the unfiltered list was still on screen. The old page is
+    # marked in its window; the new document has no mark. (Checking the old <html> element
+    # for staleness made Chrome fail with "Node ... does not belong to the document" when the
+    # check landed mid-navigation.)
+    driver.execute_script("window.__oldPage = true")
     act()
-    WebDriverWait(driver, timeout).until(ec.staleness_of(old))
+
+    def new_page(d: Any) -> bool:
+        try:
+            return bool(d.execute_script("return window.__oldPage === undefined"))
+        except WebDriverException:  # between documents: ask again
+            return False
+
+    WebDriverWait(driver, timeout).until(new_page)
 
 
 def _no_secrets(html: str) -> None:
