@@ -76,13 +76,14 @@ async def recall(
         while todo:
             batch = await consumer.getmany(*todo, timeout_ms=FETCH_TIMEOUT_MS)
             for tp, records in batch.items():
-                for record in records:
-                    if record.offset >= todo.get(tp, -1):
-                        continue
-                    event = codec.decode_outcome(record.value)
-                    if isinstance(event, codec.Undecodable) or record.value is None:
-                        continue
-                    remember(memory, event.propagation_id, event.attempt, record.value)
+                wanted = [r for r in records if r.offset < todo.get(tp, -1)]
+                # The log is decoded the one way every reader decodes it; the raw bytes are
+                # what a redelivery re-emits, unchanged.
+                raw = {r.offset: r.value for r in wanted}
+                for located in codec.decode_outcomes(wanted).items:
+                    body = raw[located.offset]
+                    assert body is not None  # a decoded outcome had a value
+                    remember(memory, located.event.propagation_id, located.event.attempt, body)
                     count += 1
             for tp in list(todo):
                 if await consumer.position(tp) >= todo[tp]:
