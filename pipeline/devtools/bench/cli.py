@@ -152,7 +152,8 @@ def _with_stack(use_env: bool, workdir: Path, settings: Any, brokers: int = 1) -
         extra = {
             "kafka" if brokers == 1 else f"kafka-{n.node_id}": n.pid for n in broker.nodes if n.pid
         }
-        stack = Stack(url, broker.bootstrap, prefix, workdir, extra_pids=extra)
+        trees = {"postgres": cluster.pid} if cluster.pid else {}
+        stack = Stack(url, broker.bootstrap, prefix, workdir, extra_pids=extra, extra_trees=trees)
         settings.brokers = brokers
         return asyncio.run(run_bench(stack, settings))
     finally:

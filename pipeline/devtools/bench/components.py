@@ -26,6 +26,8 @@ class Stack:
     prefix: str
     workdir: Path
     extra_pids: dict[str, int] = field(default_factory=dict)  # e.g. the broker, if ours
+    # Servers whose CPU is spread over child processes (Postgres: a backend per connection).
+    extra_trees: dict[str, int] = field(default_factory=dict)
 
 
 class Components:

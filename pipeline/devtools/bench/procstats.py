@@ -12,6 +12,7 @@ import psutil
 @dataclass
 class _Tracked:
     proc: psutil.Process
+    tree: bool = False  # also count the children (Postgres: one backend per connection)
     peak_rss: int = 0
     cpu_mark: float = 0.0
     cpu_phase: float = 0.0
@@ -27,11 +28,13 @@ class ProcSampler:
     _tracked: dict[str, _Tracked] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
 
-    def track(self, name: str, pid: int) -> None:
+    def track(self, name: str, pid: int, *, tree: bool = False) -> None:
         """Track ``pid`` under ``name``; a restarted process replaces its predecessor, whose
-        CPU in the current phase (up to its last sample) still counts."""
+        CPU in the current phase (up to its last sample) still counts. ``tree`` adds the
+        CPU of its children alive at each reading (a backend that exits mid-phase is lost,
+        so a tree's figure is a lower bound)."""
         old = self._tracked.get(name)
-        new = _Tracked(psutil.Process(pid))
+        new = _Tracked(psutil.Process(pid), tree)
         if old is not None:
             new.cpu_carried = old.cpu_carried + max(old.cpu_last - old.cpu_mark, 0.0)
         self._tracked[name] = new
@@ -52,12 +55,12 @@ class ProcSampler:
     def mark(self) -> None:
         """Start a CPU phase: remember every process's CPU time now."""
         for t in self._tracked.values():
-            t.cpu_mark = _cpu(t.proc)
+            t.cpu_mark = _cpu(t.proc, t.tree)
             t.cpu_carried = 0.0
 
     def end_phase(self) -> None:
         for t in self._tracked.values():
-            cpu = _cpu(t.proc)
+            cpu = _cpu(t.proc, t.tree)
             t.cpu_phase = t.cpu_carried + max((cpu or t.cpu_last) - t.cpu_mark, 0.0)
             self._sample_one(t)
 
@@ -80,12 +83,19 @@ class ProcSampler:
     def _sample_one(t: _Tracked) -> None:
         with contextlib.suppress(psutil.Error):
             t.peak_rss = max(t.peak_rss, int(t.proc.memory_info().rss))
-            t.cpu_last = _cpu(t.proc) or t.cpu_last
+            t.cpu_last = _cpu(t.proc, t.tree) or t.cpu_last
 
 
-def _cpu(proc: psutil.Process) -> float:
+def _cpu(proc: psutil.Process, tree: bool = False) -> float:
     try:
         times = proc.cpu_times()
     except psutil.Error:
         return 0.0
-    return float(times.user + times.system)
+    total = float(times.user + times.system)
+    if tree:
+        with contextlib.suppress(psutil.Error):
+            for child in proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child_times = child.cpu_times()
+                    total += float(child_times.user + child_times.system)
+    return total

@@ -342,6 +342,8 @@ async def run_bench(stack: Stack, s: Settings) -> dict[str, Any]:
             sampler.track(name, p.pid)
         for name, pid in stack.extra_pids.items():
             sampler.track(name, pid)
+        for name, pid in stack.extra_trees.items():
+            sampler.track(name, pid, tree=True)
         comps.on_restart.append(sampler.track)
         sampler.start()
         await _warm(comps, "warm-")
