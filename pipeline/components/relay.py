@@ -29,7 +29,6 @@ from pipeline.store.db import AsyncConn, connect_async
 from pipeline.store.outbox import OutboxStore, notifications
 
 SLOW_CLAIM_S = 0.2  # a healthy claim of 500 rows takes a few milliseconds
-HASH_PLAN_FOR_S = 60.0  # about one autovacuum naptime
 BACKLOG_SAMPLE_INTERVAL = 5.0  # seconds; the backlog query is cheap but not free
 _log = logs.get("relay")
 
@@ -71,7 +70,6 @@ class Relay:
         self._conn: AsyncConn | None = None
         self._backlog_sampled = float("-inf")
         self._last_ok = float("-inf")
-        self._hash_until = float("-inf")
 
     async def relay_once(self) -> int:
         """Claim, publish and stamp one batch; returns how many rows were published."""
@@ -80,7 +78,7 @@ class Relay:
         try:
             async with store.transaction():
                 started = time.monotonic()
-                rows = await store.claim(self._batch, avoid_nestloop=started < self._hash_until)
+                rows = await store.claim(self._batch)
                 claim_s = time.monotonic() - started
                 if not rows:
                     self._last_ok = time.monotonic()
@@ -166,15 +164,14 @@ class Relay:
         self._metrics.outbox_backlog_age.set(backlog.oldest_age_seconds)
 
     async def _on_slow_claim(self, seconds: float) -> None:
-        """Stale statistics after a burst: use the plan that does not depend on them."""
-        self._hash_until = time.monotonic() + HASH_PLAN_FOR_S
+        """A slow claim is a sign of stale statistics: refresh them (the claim's plan does not
+        depend on them, but the backlog and console queries do)."""
         analyzed = await OutboxStore(await self._connection()).analyze()
         logs.event(
             _log,
             "slow_claim",
             claim_s=round(seconds, 3),
             analyzed=analyzed,
-            hash_plan_for_s=HASH_PLAN_FOR_S,
         )
 
     def healthy(self, within: float) -> bool:

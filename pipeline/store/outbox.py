@@ -43,6 +43,14 @@ RETURNING id
 # pushes next_attempt_at forward by rescue_stuck_after when it publishes, so an attempt
 # without a projected outcome simply becomes due again (the rescue), with no second scan.
 # An open earlier row for the same resource holds later ones back: per-resource order.
+#
+# The plan is fixed on purpose: walk the due index in order, probe the open-resource index
+# once per candidate, stop at the limit. That costs about 1 ms per 500 rows at any backlog.
+# ``OFFSET 0`` keeps the check a per-row subplan; CLAIM_PLAN_SQL rules out the sort and the
+# bitmap scan that would run it for every due row. Left to the statistics, after a burst of
+# inserts the planner picked a nested-loop anti-join rescanning every open row per claimed row
+# (1 s per 500 rows at 20k open), or a hash or merge anti-join, or a bitmap scan and sort over
+# every due row (20-35 ms per claim at 20k open): the bench's largest Postgres cost (issue 16).
 CLAIM_SQL = """
 SELECT p.id, p.kind::text, p.team_id, p.resource_type, p.resource_id, p.payload,
        p.attempts + 1 AS attempt, p.published_attempt > p.attempts AS rescued,
@@ -54,17 +62,14 @@ WHERE p.applied_at IS NULL AND p.failed_at IS NULL
       SELECT 1 FROM pending_propagations e
       WHERE e.team_id = p.team_id AND e.resource_type = p.resource_type
         AND e.resource_id = p.resource_id AND e.id < p.id
-        AND e.applied_at IS NULL AND e.failed_at IS NULL)
+        AND e.applied_at IS NULL AND e.failed_at IS NULL
+      OFFSET 0)
 ORDER BY p.next_attempt_at, p.id
 LIMIT %s
 FOR UPDATE OF p SKIP LOCKED
 """
 
-# After a burst of inserts the planner's statistics say the table is nearly empty and it
-# picks a nested-loop anti-join that rescans every open row per claimed row (seconds per
-# batch at 20k open rows). A hash anti-join is O(open rows) whatever the statistics say;
-# the relay switches to it when a claim was slow, until autovacuum's ANALYZE catches up.
-AVOID_NESTLOOP_SQL = "SET LOCAL enable_nestloop = off"
+CLAIM_PLAN_SQL = "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off"
 ANALYZE_SQL = "ANALYZE pending_propagations"
 
 STAMP_SQL = """
@@ -172,12 +177,11 @@ class OutboxStore:
         """The claim-publish-stamp transaction (``claim`` and ``stamp_published`` run in it)."""
         return transaction(self._conn, what="relay transaction failed")
 
-    async def claim(self, limit: int, avoid_nestloop: bool = False) -> list[OutboxRow]:
+    async def claim(self, limit: int) -> list[OutboxRow]:
         """Lock up to ``limit`` due rows in a transaction the caller has opened."""
         with translated("claim failed"):
-            if avoid_nestloop:
-                await self._conn.execute(AVOID_NESTLOOP_SQL)
-            rows = await fetchall(self._conn, CLAIM_SQL, (limit,), what="claim failed")
+            await self._conn.execute(CLAIM_PLAN_SQL)
+        rows = await fetchall(self._conn, CLAIM_SQL, (limit,), what="claim failed")
         return [OutboxRow(*r) for r in rows]
 
     async def stamp_published(self, ids: Sequence[int], rescue_after: timedelta) -> None:
