@@ -55,7 +55,11 @@ def new_faust_app(cfg: Config, want: Replication) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger=0.002,
-        broker_commit_every=500,
+        # faust commits inline in its fetch loop every N acks, after flushing the producer:
+        # no message reaches the streams meanwhile. At 500 that stalled the loop 8 times a
+        # second at saturation; the 0.5 s timer commits in the background instead, and N
+        # is only the backstop (issue 16: +8% end to end).
+        broker_commit_every=10_000,
         broker_commit_interval=0.5,
         datadir=_datadir(cfg),
         table_standby_replicas=0,
