@@ -84,9 +84,8 @@ class WorkerApp:
         commands = self.app.topic(
             cfg.commands_topic, key_serializer="raw", value_serializer="raw", allow_empty=True
         )
-        outcomes = self.app.topic(cfg.outcomes_topic, key_serializer="raw", value_serializer="raw")
         self.seen: BoundedDict[bytes, bytes] = BoundedDict(DEDUPE_MAX_ENTRIES)
-        self.outcome_sender = OutcomeSender(self.app, outcomes, metrics)
+        self.outcome_sender = OutcomeSender(self.app, cfg.outcomes_topic, metrics)
         self.lanes = OrderedLanes(cfg.worker_concurrency, self.fatal)
         self.guard = AckGuard(cfg.commands_topic)
         self.sequencer = Sequencer()
