@@ -7,13 +7,15 @@ upgrade moves or renames one, so an upgrade is checked here and nowhere else.
 
 from __future__ import annotations
 
+import inspect
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from mode.services import WaitResults
 
 # --- the consumer's acknowledgements (faust.transport.consumer.Consumer) ---------------------
 
@@ -40,6 +42,80 @@ def forget_unacked(consumer: Any, message: Any) -> None:
     """Drop ``message`` from ``Consumer._unacked_messages``, the WeakSet ``wait_empty`` waits
     on at shutdown, so a stop does not wait for an ack that will never come."""
     consumer._unacked_messages.discard(message)
+
+
+# --- the consumer's per-message hand-over (faust.transport.consumer.Consumer) ---------------
+
+
+def deliver_eagerly(consumer: Any) -> None:
+    """Hand a fetched message to the streams in place when that does not have to wait.
+
+    faust's ``Consumer._drain_messages`` delivers each message with
+    ``await self.wait_first(callback(message), self.suspend_flow.wait())`` (mode's
+    ``Service.wait_first``): four tasks and an ``asyncio.wait`` per message, so that a
+    delivery blocked on a full stream buffer is abandoned when flow is suspended for a
+    rebalance. Most deliveries never wait; those now run to completion in the drain loop.
+    One that does wait goes on as a task under the original ``wait_first``, so the
+    abandon-on-suspend rule still holds. Patches the instance's ``wait_first``; idempotent.
+    """
+    if getattr(consumer, "_pipeline_eager_delivery", False):
+        return
+    original = consumer.wait_first
+    suspend_flow = consumer.suspend_flow
+
+    async def wait_first(*coros: Any, timeout: Any = None) -> Any:  # noqa: ASYNC109 (mode's signature)
+        if (
+            len(coros) == 2
+            and timeout is None
+            and inspect.iscoroutine(coros[0])
+            and getattr(coros[1], "__qualname__", "") == "Event.wait"
+            and not suspend_flow.is_set()
+        ):
+            delivery, flow = coros
+            try:
+                waiting_on = delivery.send(None)
+            except StopIteration as done:
+                flow.close()
+                return WaitResults([delivery], [done.value], False)
+            except BaseException:
+                flow.close()
+                raise
+            return await original(_Resumed(delivery, waiting_on), flow)
+        return await original(*coros, timeout=timeout)
+
+    consumer.wait_first = wait_first
+    consumer._pipeline_eager_delivery = True
+
+
+class _Resumed:
+    """A coroutine that already ran up to its first wait, awaitable for the rest of its run.
+
+    Passes on what the coroutine yields and what the awaiting task sends or throws back
+    (its cancellation included), as ``await`` would have.
+    """
+
+    def __init__(self, coro: Any, waiting_on: Any) -> None:
+        self._coro = coro
+        self._waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        coro, waiting_on = self._coro, self._waiting_on
+        while True:
+            try:
+                yield waiting_on
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    waiting_on = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+                continue
+            try:
+                waiting_on = coro.send(None)
+            except StopIteration as done:
+                return done.value
 
 
 # --- the worker consumer's fetch wait (faust.transport.drivers.aiokafka) ---------------------

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 import faust
 
-from pipeline.adapters.faust_compat import set_fetch_max_wait
+from pipeline.adapters.faust_compat import deliver_eagerly, set_fetch_max_wait
 from pipeline.adapters.replication import Replication
 from pipeline.components.worker.ack_guard import AckGuard
 from pipeline.components.worker.faust_app import new_faust_app
@@ -283,6 +283,8 @@ class WorkerApp:
 
     async def on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         self.guard.install(self.app.consumer)
+        # faust spends four tasks per fetched message handing it to the stream (issue 16).
+        deliver_eagerly(self.app.consumer)
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.cfg.commands_topic)
         self.baselines_set.clear()
         try:

@@ -5,6 +5,7 @@ A faust, mode or aiokafka upgrade that moves one of them fails here, not in prod
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import signal
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 from faust_factories import consumer_message, offline_app
+from mode.services import Service as ModeService
 from mode.worker import Worker as ModeWorker
 
 from pipeline.adapters import faust_compat
@@ -89,6 +91,117 @@ async def test_forget_unacked_drops_only_that_message(app: faust.App) -> None:
     consumer.track_message(b)
     faust_compat.forget_unacked(consumer, a)
     assert set(consumer._unacked_messages) == {b}
+
+
+# --- deliver_eagerly -------------------------------------------------------------------------
+
+
+def test_fausts_drain_loop_hands_each_message_over_through_wait_first() -> None:
+    source = " ".join(inspect.getsource(faust_consumer.Consumer._drain_messages).split())
+    assert "await self.wait_first( callback(message), self.suspend_flow.wait() )" in source
+    params = inspect.signature(ModeService.wait_first).parameters
+    assert list(params) == ["self", "coros", "timeout"]
+
+
+async def test_the_suspend_flow_wait_is_recognised(app: faust.App) -> None:
+    waiting = app.consumer.suspend_flow.wait()
+    assert waiting.__qualname__ == "Event.wait"
+    waiting.close()
+
+
+class TaskCounter:
+    def __init__(self) -> None:
+        self.created = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        self.created += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+
+async def test_a_delivery_that_does_not_wait_runs_in_place(app: faust.App) -> None:
+    consumer = app.consumer
+    faust_compat.deliver_eagerly(consumer)
+    faust_compat.deliver_eagerly(consumer)  # idempotent
+    delivered: list[int] = []
+
+    async def deliver() -> str:
+        delivered.append(1)
+        return "ok"
+
+    loop = asyncio.get_running_loop()
+    counter = TaskCounter()
+    loop.set_task_factory(counter)
+    try:
+        result = await consumer.wait_first(deliver(), consumer.suspend_flow.wait())
+    finally:
+        loop.set_task_factory(None)
+    assert delivered == [1]
+    assert counter.created == 0  # faust's wait_first makes four
+    assert result.results == ["ok"] and not result.stopped
+
+
+async def test_a_delivery_that_waits_finishes_as_a_task(app: faust.App) -> None:
+    consumer = app.consumer
+    faust_compat.deliver_eagerly(consumer)
+    gate: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    steps: list[str] = []
+
+    async def deliver() -> int:
+        steps.append("before")
+        value = await gate
+        steps.append(f"after {value}")
+        return value
+
+    waiting = asyncio.ensure_future(consumer.wait_first(deliver(), consumer.suspend_flow.wait()))
+    await asyncio.sleep(0.01)
+    assert steps == ["before"] and not waiting.done()
+    gate.set_result(7)
+    result = await asyncio.wait_for(waiting, 1)
+    assert steps == ["before", "after 7"]
+    assert result.results == [7]
+
+
+@pytest.mark.parametrize("waits_by", ["future", "yielding"])
+async def test_a_waiting_delivery_is_abandoned_when_flow_is_suspended(
+    app: faust.App, waits_by: str
+) -> None:
+    consumer = app.consumer
+    faust_compat.deliver_eagerly(consumer)
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    ends: list[str] = []
+
+    async def deliver() -> None:
+        try:
+            if waits_by == "future":
+                await gate  # a full stream buffer: the put waits on a future
+            else:
+                while True:  # noqa: ASYNC110 (the cancellation arrives between steps)
+                    await asyncio.sleep(0)
+            ends.append("delivered")
+        except asyncio.CancelledError:
+            ends.append("cancelled")
+            raise
+
+    waiting = asyncio.ensure_future(consumer.wait_first(deliver(), consumer.suspend_flow.wait()))
+    await asyncio.sleep(0.01)
+    consumer.suspend_flow.set()
+    try:
+        await asyncio.wait_for(waiting, 1)
+        await asyncio.sleep(0.01)
+    finally:
+        consumer.suspend_flow.clear()
+    assert ends == ["cancelled"]  # as faust's own wait_first would have
+
+
+async def test_a_failing_delivery_raises_from_wait_first(app: faust.App) -> None:
+    consumer = app.consumer
+    faust_compat.deliver_eagerly(consumer)
+
+    async def deliver() -> None:
+        raise ValueError("bad message")
+
+    with pytest.raises(ValueError, match="bad message"):
+        await consumer.wait_first(deliver(), consumer.suspend_flow.wait())
 
 
 # --- set_fetch_max_wait ----------------------------------------------------------------------
