@@ -2,7 +2,7 @@
 
 Outcomes go straight to the aiokafka producer inside faust's Producer, not through faust's
 ``Topic.send``: faust's send path builds a FutureMessage, a PendingMessage and callbacks per
-record and only queues, which cost the worker a sixth of its CPU per outcome (issue 16). It is
+record and only queues; going around it cut the worker's CPU by 14% (issue 16). It is
 the same producer faust flushes before every commit, so a commit still never passes an outcome
 that is not yet on the broker. Waiting for the ack makes a failed delivery fail the command
 (faust would only log it). After a producer-state error (adapters/kafka_producer.py) the
