@@ -180,6 +180,11 @@ class KafkaBroker:
             java,
             "-Xmx512m",
             "-Xms128m",
+            # C1 only. This broker shares two cores with the whole pipeline, and C2 never
+            # settles here: after 30,000 messages its compiler threads still took a quarter
+            # of a core at 500/s, and the broker's CPU per message at saturation halved
+            # without it (bench, issue 16). A broker on its own machine wants C2.
+            "-XX:TieredStopAtLevel=1",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
             "-cp",
