@@ -6,6 +6,7 @@ import contextlib
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipeline.adapters import replication as rep
@@ -65,3 +66,28 @@ async def partitions_for(client_kwargs: dict[str, Any], topic: str) -> list[int]
         if t["topic"] == topic and not t["error_code"]:
             return sorted(p["partition"] for p in t["partitions"])
     raise BrokerError(f"topic {topic} does not exist")
+
+
+async def group_assignment(client_kwargs: dict[str, Any], group: str) -> tuple[str, list[set[str]]]:
+    """A consumer group's state ("Stable", "PreparingRebalance", ...) and, per member, the
+    topics it holds a partition of."""
+    admin = AIOKafkaAdminClient(**client_kwargs)
+    try:
+        await admin.start()
+        responses = await admin.describe_consumer_groups([group])
+    except KafkaError as exc:
+        raise BrokerError(f"could not describe group {group}: {exc}") from exc
+    finally:
+        await admin.close()
+    for response in responses:
+        for error_code, name, state, _ptype, _protocol, members, *_ in response.groups:
+            if name != group or error_code:
+                continue
+            held = []
+            for *_ids, _metadata, assignment in members:
+                decoded = (
+                    ConsumerProtocolMemberAssignment.decode(assignment) if assignment else None
+                )
+                held.append({t for t, parts in decoded.assignment if parts} if decoded else set())
+            return state, held
+    return "Dead", []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -10,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.adapters.topics import group_assignment
 from pipeline.components.supervisor import COMPONENTS
 from pipeline.devtools.stack import procs
-from pipeline.domain.errors import PipelineError
+from pipeline.domain.errors import BrokerError, PipelineError
 from pipeline.runtime.config import child_env
 from pipeline.runtime.exit_codes import ExitCode
 
@@ -88,6 +90,33 @@ class Components:
         )
         env.update(extra_env)
         self._spawn(name, [COMPONENTS[name.rstrip("0123456789")]], env)
+
+    async def group_settled(self, within: float = 120.0) -> None:
+        """Wait until every worker process holds command partitions in a stable group.
+
+        A worker that joins while a phase is measured takes partitions away from the others:
+        the bench saw a 1.2-2 s stall (the latency phase's p99) when the second of two
+        workers joined after a short warm-up, or came back after the single-calls phase.
+        """
+        kw = {"bootstrap_servers": self.stack.bootstrap}
+        group = f"{self.stack.prefix}propagation-processor"
+        topic = f"{self.stack.prefix}propagations"
+        deadline = time.monotonic() + within
+        state, held = "", list[set[str]]()
+        while time.monotonic() < deadline:
+            self.check()
+            try:
+                state, held = await group_assignment(kw, group)
+            except BrokerError as exc:  # no coordinator until the first worker joins
+                state, held = f"not described ({exc})", []
+            settled = state == "Stable" and len(held) == len(self.workers)
+            if settled and all(topic in topics for topics in held):
+                return
+            await asyncio.sleep(0.2)
+        raise PipelineError(
+            f"the workers did not settle in group {group} within {within:.0f}s "
+            f"(state {state}, members holding {held})\n{self.logs()}"
+        )
 
     def check(self) -> None:
         dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}

@@ -285,6 +285,7 @@ async def _single_calls(comps: Components, s: Settings, report: dict[str, Any]) 
     comps.stop(*comps.workers)
     for name in comps.workers:
         comps.start_component(name, PIPELINE_PROVISIONER_BATCH="0")
+    await comps.group_settled()
     await _warm(comps, "single-warm-")
     async with await psycopg.AsyncConnection.connect(
         comps.stack.database_url, autocommit=True
@@ -297,6 +298,7 @@ async def _single_calls(comps: Components, s: Settings, report: dict[str, Any]) 
     for name in comps.workers:
         comps.start_component(name)
     # Joined and recovered before going on: the latency phase must not measure a start-up.
+    await comps.group_settled()
     await _warm(comps, "batched-warm-")
 
 
@@ -350,6 +352,7 @@ async def run_bench(stack: Stack, s: Settings) -> dict[str, Any]:
         for name, pid in stack.extra_trees.items():
             sampler.track(name, pid, tree=True)
         comps.on_restart.append(sampler.track)
+        await comps.group_settled()
         sampler.start()
         warm = min(WARM_COUNT, s.count)
         report["meta"]["warm_count"] = warm
