@@ -23,9 +23,15 @@ COUNT = 200
 RATE = 100.0
 SECONDS = 2.0
 TRIALS = {
-    "pgqueuer": [{"batch_size": 50, "concurrency": 0, "grpc_batch": 16}],
+    "pgqueuer": [
+        {"batch_size": 50, "concurrency": 0, "grpc_batch": 16},
+        {"batch_size": 50, "concurrency": 0, "grpc_batch": 16, "processes": 2},
+        # More processes than the pipeline's two workers: never tried.
+        {"batch_size": 50, "concurrency": 0, "grpc_batch": 16, "processes": 3},
+    ],
     "procrastinate": [{"batch_size": 1, "concurrency": 16, "grpc_batch": 0}],
 }
+RAN = {"pgqueuer": TRIALS["pgqueuer"][:2], "procrastinate": TRIALS["procrastinate"]}
 
 
 def _rate_ok(d: dict[str, float], count: int) -> None:
@@ -55,9 +61,11 @@ async def test_bench_small_run_reports_every_field(
         assert e2e["seconds"] > 0 and e2e["per_second"] > 0
 
     steady = report["steady"]
+    assert report["meta"]["workers"] == 2  # the default: one worker process per core
     assert steady["rows"] >= RATE * 6 * 0.9 and set(steady["rss_mb"]) == {
         "relay",
         "worker",
+        "worker2",
         "projector",
     }
     for d in steady["rss_mb"].values():
@@ -94,17 +102,18 @@ async def test_bench_small_run_reports_every_field(
     assert raw["grpc_64_in_flight"]["not_applied"] == 0
     assert raw["grpc_64_in_flight_apply_batch"]["not_applied"] == 0
 
-    for name in ("relay", "worker", "projector", "provisioner"):
+    for name in ("relay", "worker", "worker2", "projector", "provisioner"):
         comp = report["components"][name]
         assert comp["cpu_seconds"] >= 0
         assert comp["peak_rss_mb"] > 0
 
-    for peer, tried in TRIALS.items():
+    for peer, tried in RAN.items():
         result = report["peers"][peer]
-        assert len(result["trials"]) == len(tried)
+        assert [t["settings"] for t in result["trials"]] == tried
+        assert all(t["applied"] == COUNT for t in result["trials"])
         best = result["best"]
         assert (best["count"], best["applied"]) == (COUNT, COUNT)
-        assert best["settings"] == tried[0]
+        assert best["settings"] in tried
         assert best["peak_rss_mb"] > 0
         assert result["ratio_pipeline_over_peer"] > 0
 
@@ -128,7 +137,7 @@ async def test_bench_small_run_reports_every_field(
     meta = report["meta"]
     assert meta["count"] == COUNT and len(meta["loadavg_start"]) == 3
     # Restarts the components asked for (a worker's offset gap under load): named, never hidden.
-    assert set(meta["component_restarts"]) <= {"relay", "worker", "projector"}
+    assert set(meta["component_restarts"]) <= {"relay", "worker", "worker2", "projector"}
 
     out = io.StringIO()
     report_mod.render(report, Console(file=out, width=200))

@@ -42,7 +42,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--partitions", type=int, default=6, help="topic partitions (default 6)")
     p.add_argument(
-        "--workers", type=int, default=1, help="worker processes in the group (default 1)"
+        "--workers",
+        type=int,
+        default=2,
+        help="worker processes in the group, one per core here (default 2); pgqueuer's "
+        "trials may use as many processes",
     )
     p.add_argument("--json", metavar="FILE", type=Path, help="also write the report as JSON")
     p.add_argument(

@@ -40,12 +40,15 @@ POOL_SIZE = 10
 # entrypoint's concurrency_limit (0 = unlimited). procrastinate: worker concurrency (it
 # fetches one job per free slot; it has no batch setting). grpc_batch: the peers get the
 # pipeline's own provisioner client, so they may share ApplyBatch round trips too (0 = one
-# RegradeResource call per job, the job as the issue states it).
+# RegradeResource call per job, the job as the issue states it). processes: worker processes
+# sharing the queue (default 1).
 TRIALS: dict[str, list[dict[str, int]]] = {
     "pgqueuer": [
         {"batch_size": 10, "concurrency": 0, "grpc_batch": 0},
         {"batch_size": 100, "concurrency": 0, "grpc_batch": 0},
         {"batch_size": 100, "concurrency": 0, "grpc_batch": 64},
+        # Two worker processes, as the pipeline may run two (``pipeline bench --workers``).
+        {"batch_size": 100, "concurrency": 0, "grpc_batch": 64, "processes": 2},
     ],
     "procrastinate": [
         {"batch_size": 1, "concurrency": 16, "grpc_batch": 0},
@@ -124,15 +127,21 @@ async def run_trial(
     await _install(peer, database_url)
     with psycopg.connect(database_url, autocommit=True) as conn:
         store.reset_peer_schema(conn, peer)
-    proc = _spawn_worker(peer, settings, database_url, provisioner_addr, key_prefix, logdir)
+    procs = [
+        _spawn_worker(peer, settings, database_url, provisioner_addr, key_prefix, logdir)
+        for _ in range(settings.get("processes", 1))
+    ]
+    names = [f"{peer}-{i}" for i in range(len(procs))]
     sampler = ProcSampler()
     try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), timeout=60)
-        if line.strip() != b"ready":
-            raise RuntimeError(f"{peer} worker did not start (see {logdir}/peer-{peer}.log)")
+        for proc in procs:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), timeout=60)
+            if line.strip() != b"ready":
+                raise RuntimeError(f"{peer} worker did not start (see {logdir}/peer-{peer}.log)")
         await asyncio.sleep(0.5)  # let it finish connecting and LISTENing
-        sampler.track(peer, proc.pid)
+        for name, proc in zip(names, procs, strict=True):
+            sampler.track(name, proc.pid)
         sampler.start()
         sampler.mark()
         async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
@@ -143,21 +152,22 @@ async def run_trial(
                 count,
                 t0,
                 limit_s,
-                lambda: proc.poll() is not None,
+                lambda: any(proc.poll() is not None for proc in procs),
                 every_s=0.05,
             )
         sampler.end_phase()
         await sampler.stop()
     finally:
-        await asyncio.to_thread(stop_process, proc)
+        for proc in procs:
+            await asyncio.to_thread(stop_process, proc)
     return PeerTrial(
         peer,
         dict(settings),
         count,
         applied,
         elapsed,
-        sampler.cpu_seconds(peer),
-        sampler.peak_rss_mb(peer),
+        sum(sampler.cpu_seconds(name) for name in names),
+        max(sampler.peak_rss_mb(name) for name in names),
     )
 
 

@@ -42,7 +42,7 @@ class Settings:
     peers: bool = True
     trials: dict[str, list[dict[str, int]]] | None = None  # None = peers.TRIALS
     profile_dir: Path | None = None
-    workers: int = 1  # worker processes (one consumer group)
+    workers: int = 2  # worker processes (one consumer group); peers get as many
     steady_minutes: float = 0.0  # > 0: offer ``rate`` this long and sample RSS (flat or not)
     single_calls: bool = True  # also measure saturation with PIPELINE_PROVISIONER_BATCH=0
     brokers: int = 1  # Kafka nodes of the stack (3: replicated, factor 3, min ISR 2)
@@ -211,8 +211,11 @@ async def _peers(comps: Components, s: Settings, report: dict[str, Any]) -> None
     for peer in peers_mod.PEERS:
         results = []
         errors = []
-        for i, settings in enumerate(trials.get(peer, [])):
-            s.progress(f"peer {peer} trial {i + 1}/{len(trials[peer])}: {settings}")
+        # The same process budget for every system: a peer may use as many worker
+        # processes as the pipeline ran (--workers), no more.
+        tried = [t for t in trials.get(peer, []) if t.get("processes", 1) <= s.workers]
+        for i, settings in enumerate(tried):
+            s.progress(f"peer {peer} trial {i + 1}/{len(tried)}: {settings}")
             try:
                 trial = await peers_mod.run_trial(
                     peer,
