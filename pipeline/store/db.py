@@ -10,7 +10,7 @@ commands open connections with ``connected``/``connect_async``/``session``, keep
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -108,14 +108,22 @@ class Tx:
 
 
 @asynccontextmanager
-async def transaction(conn: AsyncConn, *, what: str) -> AsyncIterator[Tx]:
-    """One transaction around the block: committed at its end unless discarded or it raised."""
+async def transaction(conn: AsyncConn, *, what: str, pipelined: bool = False) -> AsyncIterator[Tx]:
+    """One transaction around the block: committed at its end unless discarded or it raised.
+
+    ``pipelined``: in libpq's pipeline mode, so statements whose results nobody reads yet
+    travel together: BEGIN with the first query, the last writes with COMMIT. A driver error
+    then shows at the next read or at the end of the block, still as ``StoreError``.
+    """
     tx = Tx()
     with translated(what):
-        async with conn.transaction() as driver_tx:
-            yield tx
-            if not tx.kept:
-                raise psycopg.Rollback(driver_tx)
+        async with AsyncExitStack() as stack:
+            if pipelined:
+                await stack.enter_async_context(conn.pipeline())
+            async with conn.transaction() as driver_tx:
+                yield tx
+                if not tx.kept:
+                    raise psycopg.Rollback(driver_tx)
 
 
 async def fetchone(

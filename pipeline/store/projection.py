@@ -168,8 +168,14 @@ class ProjectionStore:
         Returns, per event, whether it changed the propagation row.
         """
         changed = [False] * len(items)
+        # Pipelined: BEGIN, the audit insert and the fold go in one round trip, the
+        # checkpoints and COMMIT in another (five before; issue 16).
         with translated("projection batch failed"):
-            async with self._conn.transaction(), self._conn.cursor() as cur:
+            async with (
+                self._conn.pipeline(),
+                self._conn.transaction(),
+                self._conn.cursor() as cur,
+            ):
                 if items:
                     await cur.execute(INSERT_AUDIT_SQL, audit_columns(items))
                 for idx in rounds(items):

@@ -27,7 +27,8 @@ SELECT 'tier_elevation', 'team', 'postgres', 'res-' || g FROM generate_series(1,
 
 def _plan(conn: psycopg.Connection[tuple[object, ...]]) -> str:
     with conn.transaction():
-        conn.execute(CLAIM_PLAN_SQL)
+        for setting in CLAIM_PLAN_SQL:
+            conn.execute(setting)
         rows = conn.execute("EXPLAIN " + CLAIM_SQL, (500,)).fetchall()
     return "\n".join(str(r[0]) for r in rows)
 
@@ -49,7 +50,8 @@ def test_the_claim_plan_probes_per_row_after_a_burst_and_after_analyze(
                 assert "Index Scan using pending_propagations_due_idx" in plan, (when, plan)
                 assert "SubPlan" in plan, (when, plan)
                 with conn.transaction():
-                    conn.execute(CLAIM_PLAN_SQL)
+                    for setting in CLAIM_PLAN_SQL:
+                        conn.execute(setting)
                     ids = [r[0] for r in conn.execute(CLAIM_SQL, (500,)).fetchall()]
                     conn.execute(STAMP_SQL, (timedelta(minutes=5), ids))
                 assert len(ids) == 500
