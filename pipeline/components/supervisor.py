@@ -18,6 +18,7 @@ from pipeline.domain.registry import build_registry
 from pipeline.runtime import httpd, logs
 from pipeline.runtime.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE, Config
 from pipeline.runtime.exit_codes import ExitCode
+from pipeline.runtime.gc_tuning import freeze_after_startup
 from pipeline.runtime.metrics import Metrics
 
 _log = logs.get("services")
@@ -139,6 +140,7 @@ def run_relay(cfg: Config) -> int:
             metrics=metrics,
         )
         lag_task = asyncio.create_task(monitor.run(stop))
+        freeze_after_startup()
         try:
             await relay.run(stop)
         finally:
@@ -166,6 +168,7 @@ def run_projector(cfg: Config) -> int:
         )
         # A standby (another projector holds the lock) is ready: it is doing its job.
         health.set_ready_check(lambda: {"projection": projector.state in ("active", "standby")})
+        freeze_after_startup()
         await projector.run(stop)
 
     return _run_until_signal(cfg, metrics, health, "projector", main)

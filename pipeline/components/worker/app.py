@@ -48,6 +48,7 @@ from pipeline.domain.registry import build_registry
 from pipeline.runtime import logs
 from pipeline.runtime.config import DEDUPE_MAX_ENTRIES, DEDUPE_RECALL_WINDOW, Config
 from pipeline.runtime.exit_codes import ExitCode, exit_now
+from pipeline.runtime.gc_tuning import freeze_after_startup
 from pipeline.runtime.httpd import Health
 from pipeline.runtime.metrics import Metrics
 
@@ -123,6 +124,7 @@ class WorkerApp:
                 metrics=self.metrics,
                 topic=self.cfg.commands_topic,
             )
+            freeze_after_startup()  # built at the first command: the gRPC client stays too
         return self._processor
 
     @staticmethod
@@ -312,6 +314,7 @@ class WorkerApp:
         self.admitted_at.clear()
         self.admitted_at.update({p: now for p in mine})
         logs.event(_log, "partitions_assigned", partitions=mine, recalled=recalled)
+        freeze_after_startup()  # the app, its clients and the recalled memory stay
 
     async def on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
         # Finish what is in flight so its outcomes are produced before the partitions move.

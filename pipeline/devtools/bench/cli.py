@@ -133,7 +133,10 @@ def _with_stack(use_env: bool, workdir: Path, settings: Any, brokers: int = 1) -
     from pipeline.devtools.stack.kafka_cluster import KafkaCluster
     from pipeline.devtools.stack.postgres import ExternalPostgres, PostgresCluster
     from pipeline.runtime import config
+    from pipeline.runtime.gc_tuning import freeze_after_startup
 
+    # This process paces the latency phase's inserts: no long collector pauses in it either.
+    freeze_after_startup()
     prefix = f"bench-{uuid.uuid4().hex[:8]}-"
     db_name = f"bench_{uuid.uuid4().hex[:8]}"
     if use_env:

@@ -29,6 +29,7 @@ from pipeline.adapters.provisioner import GrpcProvisioner
 from pipeline.devtools.bench.procstats import ProcSampler
 from pipeline.domain.events import Applied
 from pipeline.runtime.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE
+from pipeline.runtime.gc_tuning import freeze_after_startup
 from pipeline.store import bench as store
 
 PEERS = ("pgqueuer", "procrastinate")
@@ -294,6 +295,7 @@ async def _pgqueuer_worker(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, qm.shutdown.set)
+    freeze_after_startup()  # as the pipeline's components do
     print("ready", flush=True)
     try:
         await qm.run(batch_size=args.batch_size, dequeue_timeout=timedelta(seconds=1))
@@ -322,6 +324,7 @@ async def _procrastinate_worker(args: argparse.Namespace) -> None:
     await pool.open()
     try:
         async with app.open_async():
+            freeze_after_startup()  # as the pipeline's components do
             print("ready", flush=True)
             await app.run_worker_async(
                 concurrency=args.concurrency,

@@ -37,6 +37,7 @@ from pipeline.devtools.bench.peers import (
     wait_applied,
 )
 from pipeline.devtools.bench.procstats import ProcSampler
+from pipeline.runtime.gc_tuning import freeze_after_startup
 from pipeline.store import bench as store
 
 ROLES = ("relay", "worker", "projector")
@@ -149,6 +150,7 @@ async def _relay(args: argparse.Namespace, stop: asyncio.Event) -> None:
     await producer.start()
     try:
         async with await psycopg.AsyncConnection.connect(args.dsn) as conn:
+            freeze_after_startup()  # as the pipeline's components do
             print("ready", flush=True)
             while not stop.is_set():
                 async with conn.transaction():
@@ -191,6 +193,7 @@ async def _worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
     port = provisioner_client(args.provisioner, GRPC_BATCH)
     await producer.start()
     await consumer.start()
+    freeze_after_startup()  # as the pipeline's components do
     print("ready", flush=True)
     try:
         while not stop.is_set():
@@ -215,6 +218,7 @@ async def _projector(args: argparse.Namespace, stop: asyncio.Event) -> None:
     _, outcomes = topics(args.prefix)
     consumer = _consumer(args, outcomes, "projector")
     await consumer.start()
+    freeze_after_startup()  # as the pipeline's components do
     print("ready", flush=True)
     try:
         async with await psycopg.AsyncConnection.connect(args.dsn) as conn:

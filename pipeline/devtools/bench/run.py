@@ -8,6 +8,7 @@ The fake provisioner runs in its own process (``pipeline fake-provisioner``) for
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from collections.abc import Callable
@@ -133,18 +134,22 @@ async def _latency(comps: Components, s: Settings, report: dict[str, Any]) -> No
     total = max(1, int(s.rate * s.latency_seconds))
     tick = 0.01
     ranges: list[tuple[int, int]] = []
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as aconn:
-        t0 = time.perf_counter()
-        sent = 0
-        while sent < total:
-            due = min(total, int((time.perf_counter() - t0) * s.rate) + 1)
-            if due > sent:
-                # A fresh resource per row: rows of one resource are held in order.
-                ranges.append(await store.insert_batch_async(aconn, f"lat-{sent}-", due - sent))
-                sent = due
-            next_at = t0 + sent / s.rate
-            await asyncio.sleep(max(0.0, min(tick, next_at - time.perf_counter())))
-        offered_for = time.perf_counter() - t0
+    gc.disable()  # no collector pause in the load generator while it paces the inserts
+    try:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as aconn:
+            t0 = time.perf_counter()
+            sent = 0
+            while sent < total:
+                due = min(total, int((time.perf_counter() - t0) * s.rate) + 1)
+                if due > sent:
+                    # A fresh resource per row: rows of one resource are held in order.
+                    ranges.append(await store.insert_batch_async(aconn, f"lat-{sent}-", due - sent))
+                    sent = due
+                next_at = t0 + sent / s.rate
+                await asyncio.sleep(max(0.0, min(tick, next_at - time.perf_counter())))
+            offered_for = time.perf_counter() - t0
+    finally:
+        gc.enable()
     first, last = ranges[0][0], ranges[-1][1]
     await _wait_done(comps, first, last, 120.0, [])
     with psycopg.connect(url, autocommit=True) as conn:
