@@ -179,7 +179,7 @@ class OutboxStore:
         """The claim-publish-stamp transaction (``claim`` and ``stamp_published`` run in it).
 
         Pipelined: BEGIN, the plan settings and the claim go in one round trip, the stamp
-        and COMMIT in another (five before; at 500/s the relay spent its CPU on round trips).
+        and COMMIT in another (five round trips before, issue 16).
         """
         return transaction(self._conn, what="relay transaction failed", pipelined=True)
 

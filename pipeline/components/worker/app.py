@@ -314,7 +314,7 @@ class WorkerApp:
         self.admitted_at.clear()
         self.admitted_at.update({p: now for p in mine})
         logs.event(_log, "partitions_assigned", partitions=mine, recalled=recalled)
-        freeze_after_startup()  # the app, its clients and the recalled memory stay
+        freeze_after_startup()  # the app and its clients live as long as the process
 
     async def on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
         # Finish what is in flight so its outcomes are produced before the partitions move.
