@@ -53,15 +53,20 @@ async def ensure_topics(
         await admin.close()
 
 
-async def partitions_for(client_kwargs: dict[str, Any], topic: str) -> list[int]:
+async def _describe(client_kwargs: dict[str, Any], what: str, ask: Any) -> Any:
+    """``await ask(admin)`` on a short-lived admin client; a broker error names ``what``."""
     admin = AIOKafkaAdminClient(**client_kwargs)
     try:
         await admin.start()
-        described = await admin.describe_topics([topic])
+        return await ask(admin)
     except KafkaError as exc:
-        raise BrokerError(f"could not describe {topic}: {exc}") from exc
+        raise BrokerError(f"could not describe {what}: {exc}") from exc
     finally:
         await admin.close()
+
+
+async def partitions_for(client_kwargs: dict[str, Any], topic: str) -> list[int]:
+    described = await _describe(client_kwargs, topic, lambda a: a.describe_topics([topic]))
     for t in described:
         if t["topic"] == topic and not t["error_code"]:
             return sorted(p["partition"] for p in t["partitions"])
@@ -71,14 +76,9 @@ async def partitions_for(client_kwargs: dict[str, Any], topic: str) -> list[int]
 async def group_assignment(client_kwargs: dict[str, Any], group: str) -> tuple[str, list[set[str]]]:
     """A consumer group's state ("Stable", "PreparingRebalance", ...) and, per member, the
     topics it holds a partition of."""
-    admin = AIOKafkaAdminClient(**client_kwargs)
-    try:
-        await admin.start()
-        responses = await admin.describe_consumer_groups([group])
-    except KafkaError as exc:
-        raise BrokerError(f"could not describe group {group}: {exc}") from exc
-    finally:
-        await admin.close()
+    responses = await _describe(
+        client_kwargs, f"group {group}", lambda a: a.describe_consumer_groups([group])
+    )
     for response in responses:
         for error_code, name, state, _ptype, _protocol, members, *_ in response.groups:
             if name != group or error_code:
