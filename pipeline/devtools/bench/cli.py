@@ -44,9 +44,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--workers",
         type=int,
-        default=2,
-        help="worker processes in the group, one per core here (default 2); pgqueuer's "
-        "trials may use as many processes",
+        default=1,
+        help="worker processes in the group (default 1); pgqueuer's trials may use as many "
+        "processes",
     )
     p.add_argument("--json", metavar="FILE", type=Path, help="also write the report as JSON")
     p.add_argument(

@@ -43,7 +43,7 @@ class Settings:
     peers: bool = True
     trials: dict[str, list[dict[str, int]]] | None = None  # None = peers.TRIALS
     profile_dir: Path | None = None
-    workers: int = 2  # worker processes (one consumer group); peers get as many
+    workers: int = 1  # worker processes (one consumer group); peers get as many
     steady_minutes: float = 0.0  # > 0: offer ``rate`` this long and sample RSS (flat or not)
     single_calls: bool = True  # also measure saturation with PIPELINE_PROVISIONER_BATCH=0
     brokers: int = 1  # Kafka nodes of the stack (3: replicated, factor 3, min ISR 2)
