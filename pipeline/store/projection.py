@@ -9,10 +9,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from pipeline.domain.codec import Located
 from pipeline.domain.events import Outcome, parse_iso
 from pipeline.store.db import AsyncConn, fetchall, fetchone, translated
 
+# A batch's rows go to Postgres as one JSON array (one row an array of columns): psycopg
+# dumps a Python list to an array literal element by element in Python, 10 us per row for
+# these two statements, the projector's largest cost; orjson writes the JSON in 0.1 us
+# (issue 16). Timestamps are parsed here, so a malformed one fails as it did before, and
+# orjson writes them back in RFC 3339, which ::timestamptz reads.
+#
 # One statement per batch for the audit rows and one per "round" for the fold: a round
 # holds at most one event per propagation (the k-th of each), so a batch that carries
 # several attempts of one propagation (a replay) still folds them in log order.
@@ -20,9 +28,9 @@ INSERT_AUDIT_SQL = """
 INSERT INTO propagation_audit (event_id, propagation_id, audit_kind, outcome, attempt,
     skip_reason, skip_reason_bucket, error, dead_letter_reason, occurred_at,
     source_topic, source_partition, source_offset)
-SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::int[],
-    %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[],
-    %s::text[], %s::int[], %s::bigint[])
+SELECT (r->>0)::uuid, (r->>1)::bigint, r->>2, r->>3, (r->>4)::int, r->>5, r->>6, r->>7,
+    r->>8, (r->>9)::timestamptz, r->>10, (r->>11)::int, (r->>12)::bigint
+FROM jsonb_array_elements(%s::jsonb) AS r
 ON CONFLICT (event_id) DO NOTHING
 """
 
@@ -44,8 +52,10 @@ SET attempts = v.attempt,
                                    ELSE p.first_outcome_partition END,
     first_outcome_offset = CASE WHEN p.first_outcome_topic IS NULL THEN v.log_offset
                                 ELSE p.first_outcome_offset END
-FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[], %s::text[], %s::bool[],
-    %s::bool[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::int[], %s::bigint[])
+FROM (SELECT (r->>0)::bigint, (r->>1)::int, r->>2, r->>3, r->>4, (r->>5)::bool,
+             (r->>6)::bool, (r->>7)::timestamptz, (r->>8)::timestamptz, r->>9,
+             (r->>10)::int, (r->>11)::bigint
+      FROM jsonb_array_elements(%s::jsonb) AS r)
     AS v(propagation_id, attempt, outcome, error, skip_reason, applied, failed,
          occurred_at, next_attempt_at, topic, partition, log_offset)
 WHERE p.id = v.propagation_id
@@ -72,18 +82,14 @@ SELECT partition, next_offset FROM projection_checkpoints WHERE projection = %s 
 _DEAD = (Outcome.DEAD_LETTERED, Outcome.UNKNOWN_KIND_DEAD_LETTERED)
 
 
-def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """Rows to column arrays (the ``unnest`` parameters of one statement)."""
-    cols: list[list[Any]] = [[] for _ in range(width)]
-    for row in rows:
-        for col, value in zip(cols, row, strict=True):
-            col.append(value)
-    return cols
+def _rows(rows: Sequence[tuple[Any, ...]]) -> str:
+    """Rows as the JSON array that the statements' ``jsonb_array_elements`` take apart."""
+    return orjson.dumps(rows).decode()
 
 
-def fold_columns(items: Sequence[Located]) -> list[list[Any]]:
-    """Column arrays for FOLD_SQL, one entry per event."""
-    return _columns(
+def fold_rows(items: Sequence[Located]) -> str:
+    """FOLD_SQL's parameter: one row per event."""
+    return _rows(
         [
             (
                 i.event.propagation_id,
@@ -100,13 +106,13 @@ def fold_columns(items: Sequence[Located]) -> list[list[Any]]:
                 i.offset,
             )
             for i in items
-        ],
-        12,
+        ]
     )
 
 
-def audit_columns(items: Sequence[Located]) -> list[list[Any]]:
-    return _columns(
+def audit_rows(items: Sequence[Located]) -> str:
+    """INSERT_AUDIT_SQL's parameter: one row per event."""
+    return _rows(
         [
             (
                 i.event.event_id,
@@ -124,8 +130,7 @@ def audit_columns(items: Sequence[Located]) -> list[list[Any]]:
                 i.offset,
             )
             for i in items
-        ],
-        13,
+        ]
     )
 
 
@@ -177,9 +182,9 @@ class ProjectionStore:
                 self._conn.cursor() as cur,
             ):
                 if items:
-                    await cur.execute(INSERT_AUDIT_SQL, audit_columns(items))
+                    await cur.execute(INSERT_AUDIT_SQL, (audit_rows(items),))
                 for idx in rounds(items):
-                    await cur.execute(FOLD_SQL, fold_columns([items[i] for i in idx]))
+                    await cur.execute(FOLD_SQL, (fold_rows([items[i] for i in idx]),))
                     hit = {int(r[0]) for r in await cur.fetchall()}
                     for i in idx:
                         changed[i] = items[i].event.propagation_id in hit
