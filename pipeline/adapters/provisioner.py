@@ -1,14 +1,15 @@
 """The provisioner adapter: the pipeline's only door to ``schemas/provisioner.proto``.
 
-Handlers depend on :class:`ProvisionerPort` and get back plain values from
-:mod:`pipeline.domain.events` (``Applied``, ``Skipped``, ``CallFailed``); no grpc type or exception
-crosses this module's boundary, so a handler can be tested with a ten-line fake.
+The processor depends on :class:`ProvisionerPort`: it hands over the calls its handlers chose
+(``ProvisionCall`` values) and gets back plain values from :mod:`pipeline.domain.events`
+(``Applied``, ``Skipped``, ``CallFailed``); no grpc type or exception crosses this module's
+boundary, so the processor can be tested with a ten-line fake.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -19,7 +20,7 @@ from pipeline.adapters.proto import provisioner_pb2 as pb
 from pipeline.adapters.proto import provisioner_pb2_grpc as pb_grpc
 from pipeline.domain.errors import ProvisionerError
 from pipeline.domain.events import Applied, CallFailed, ProvisionReply, Skipped
-from pipeline.domain.handlers import Resource
+from pipeline.domain.handlers import ProvisionCall, Resource
 
 # The provisioner says the command itself is invalid: retrying cannot help, and the pipeline
 # dead-letters it at once as ``invalid_payload``.
@@ -56,6 +57,8 @@ _BATCH_FIELDS = {
     "SuspendResource": "suspend",
     "ResumeResource": "resume",
 }
+_RPC_OF = {field: rpc for rpc, field in _BATCH_FIELDS.items()}
+_NO_CALL = CallFailed("UNAVAILABLE", "no call made", True)
 
 # Tuned for one long-lived channel carrying many concurrent calls (the worker multiplexes every
 # in-flight attempt over it).
@@ -90,9 +93,11 @@ class GrpcProvisioner:
     each with its own ``deadline`` (seconds), pausing ``pause`` seconds between calls that
     failed with a retryable status. The idempotency key makes those repeats safe.
 
-    ``batch`` > 0 sends concurrent calls together through ``ApplyBatch`` (up to ``batch`` per
-    round trip); each item keeps its own reply, status and retries. A provisioner without
-    ``ApplyBatch`` answers UNIMPLEMENTED once and gets single calls from then on.
+    ``apply`` takes a batch of calls at once (the worker's path); ``regrade``, ``suspend``
+    and ``resume`` make one call each, and concurrent ones are coalesced (the bench's peers).
+    ``batch`` > 0 sends calls together through ``ApplyBatch`` (up to ``batch`` per round trip);
+    each item keeps its own reply, status and retries. A provisioner without ``ApplyBatch``
+    answers UNIMPLEMENTED once and gets single calls from then on.
     """
 
     def __init__(
@@ -131,6 +136,7 @@ class GrpcProvisioner:
         self._channel: Any = None
         self._stub: Any = None
         self._closed = False
+        self._batch = batch
         self._batcher = _Batcher(self, batch, batches_in_flight) if batch > 0 else None
 
     def _get_stub(self) -> Any:
@@ -156,15 +162,71 @@ class GrpcProvisioner:
     async def resume(self, **resource: Unpack[Resource]) -> ProvisionReply:
         return await self._call("ResumeResource", pb.ResourceRequest(**resource))
 
+    async def apply(self, calls: Sequence[ProvisionCall]) -> list[ProvisionReply]:
+        """Every call's reply, in order: a batch in as few round trips as ``batch`` allows."""
+        requests = [(_RPC_OF[c.method], _request(c)) for c in calls]
+        return await self._retrying(requests, self._apply_once)
+
     async def _call(self, method: str, request: Any) -> ProvisionReply:
-        result: ProvisionReply = CallFailed("UNAVAILABLE", "no call made", True)
+        [reply] = await self._retrying([(method, request)], self._call_once)
+        return reply
+
+    async def _call_once(self, requests: list[tuple[str, Any]]) -> list[ProvisionReply]:
+        return [await self._once(*requests[0])]
+
+    async def _retrying(
+        self,
+        requests: list[tuple[str, Any]],
+        once: Callable[[list[tuple[str, Any]]], Awaitable[list[ProvisionReply]]],
+    ) -> list[ProvisionReply]:
+        # Up to ``tries`` rounds; a round repeats only the calls that failed transiently.
+        replies: list[ProvisionReply] = [_NO_CALL] * len(requests)
+        todo = list(range(len(requests)))
         for attempt in range(self._tries):
+            if not todo:
+                break
             if attempt:
                 await asyncio.sleep(self._pause)
-            result = await self._once(method, request)
-            if not isinstance(result, CallFailed) or result.code not in _TRANSIENT_NAMES:
-                return result
-        return result
+            for i, reply in zip(todo, await once([requests[i] for i in todo]), strict=True):
+                replies[i] = reply
+            todo = [i for i in todo if _transient(replies[i])]
+        return replies
+
+    async def _apply_once(self, requests: list[tuple[str, Any]]) -> list[ProvisionReply]:
+        if self._closed:
+            return [CallFailed("UNAVAILABLE", "provisioner client is closed", True)] * len(requests)
+        out: list[ProvisionReply | None] = [None] * len(requests)
+        batcher = self._batcher
+        if batcher is not None and not batcher.unsupported:
+            chunks = [
+                range(i, min(i + self._batch, len(requests)))
+                for i in range(0, len(out), self._batch)
+            ]
+
+            async def send(chunk: range) -> None:
+                items = [
+                    pb.BatchItem(**{_BATCH_FIELDS[m]: r}) for m, r in (requests[j] for j in chunk)
+                ]
+
+                def deliver(index: int, reply: ProvisionReply) -> None:
+                    out[chunk[index]] = reply
+
+                rest = await self._batch_rpc(items, deliver)
+                if rest is None:
+                    batcher.unsupported = True
+                    return
+                for j in chunk:
+                    if out[j] is None:
+                        out[j] = rest
+
+            # One coroutine for the usual one chunk; a task each only when there are more.
+            await (send(chunks[0]) if len(chunks) == 1 else asyncio.gather(*map(send, chunks)))
+        left = [j for j, reply in enumerate(out) if reply is None]
+        if left:  # no ApplyBatch: one RPC per call
+            singles = await asyncio.gather(*(self._single(*requests[j]) for j in left))
+            for j, reply in zip(left, singles, strict=True):
+                out[j] = reply
+        return [reply if reply is not None else _NO_CALL for reply in out]
 
     async def _once(self, method: str, request: Any) -> ProvisionReply:
         if self._closed:
@@ -174,6 +236,9 @@ class GrpcProvisioner:
             batched = await self._batcher.call(item)
             if batched is not None:
                 return batched
+        return await self._single(method, request)
+
+    async def _single(self, method: str, request: Any) -> ProvisionReply:
         try:
             reply = await getattr(self._get_stub(), method)(request, timeout=self._deadline)
         except grpc.aio.AioRpcError as exc:
@@ -224,6 +289,16 @@ class GrpcProvisioner:
         channel, self._channel, self._stub = self._channel, None, None
         if channel is not None:
             await channel.close()
+
+
+def _transient(reply: ProvisionReply) -> bool:
+    return isinstance(reply, CallFailed) and reply.code in _TRANSIENT_NAMES
+
+
+def _request(call: ProvisionCall) -> Any:
+    if call.method == "regrade":
+        return pb.RegradeRequest(target_tier=call.target_tier or "", **call.resource)
+    return pb.ResourceRequest(**call.resource)
 
 
 def _result(result: Any) -> ProvisionReply:

@@ -1,14 +1,16 @@
 """Handlers decide; adapters do.
 
-A handler knows which provisioner call its kind needs and how to judge the reply. The call
-itself goes through the injected ``ProvisionerPort``; the judgement is a pure function.
+A handler knows which provisioner call its kind needs and how to judge the reply, and both
+are pure functions: ``request`` returns the call as a value (``ProvisionCall``), and the
+processor hands a whole batch of them to the injected ``ProvisionerPort`` at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypedDict, Unpack
+from typing import Any, Literal, Protocol, TypedDict
 
 from pipeline.domain.decide import RetryPolicy, decide_reply
 from pipeline.domain.events import Command, Decision, ProvisionReply, idempotency_key
@@ -33,19 +35,23 @@ def resource_of(cmd: Command) -> Resource:
     )
 
 
-class ProvisionerPort(Protocol):
-    """The provisioner as the handlers see it; never raises for a failed call.
+@dataclass(frozen=True, slots=True)
+class ProvisionCall:
+    """One provisioner call, as a value: which method, and its request's fields."""
 
-    Implemented over gRPC by ``pipeline.adapters.provisioner.GrpcProvisioner``.
+    method: Literal["regrade", "suspend", "resume"]
+    resource: Resource
+    target_tier: str | None = None  # regrade only
+
+
+class ProvisionerPort(Protocol):
+    """The provisioner as the processor sees it; never raises for a failed call.
+
+    ``apply`` makes every call of a batch (each with its own retries) and returns their
+    replies in order. Implemented over gRPC by ``pipeline.adapters.provisioner.GrpcProvisioner``.
     """
 
-    async def regrade(
-        self, *, target_tier: str, **resource: Unpack[Resource]
-    ) -> ProvisionReply: ...
-
-    async def suspend(self, **resource: Unpack[Resource]) -> ProvisionReply: ...
-
-    async def resume(self, **resource: Unpack[Resource]) -> ProvisionReply: ...
+    async def apply(self, calls: Sequence[ProvisionCall]) -> list[ProvisionReply]: ...
 
 
 class Handler(Protocol):
@@ -54,7 +60,7 @@ class Handler(Protocol):
 
     def validate(self, payload: Any) -> str | None: ...
 
-    async def call(self, port: ProvisionerPort, cmd: Command) -> ProvisionReply: ...
+    def request(self, cmd: Command) -> ProvisionCall: ...
 
     def decide(
         self, cmd: Command, reply: ProvisionReply, now: datetime, policy: RetryPolicy
@@ -78,17 +84,17 @@ class _Base:
 class RegradeHandler(_Base):
     """tier_elevation and tier_demotion: RegradeResource to ``payload.target_tier``."""
 
-    async def call(self, port: ProvisionerPort, cmd: Command) -> ProvisionReply:
-        return await port.regrade(target_tier=cmd.payload["target_tier"], **resource_of(cmd))
+    def request(self, cmd: Command) -> ProvisionCall:
+        return ProvisionCall("regrade", resource_of(cmd), cmd.payload["target_tier"])
 
 
 @dataclass(frozen=True, slots=True)
 class SuspendHandler(_Base):
-    async def call(self, port: ProvisionerPort, cmd: Command) -> ProvisionReply:
-        return await port.suspend(**resource_of(cmd))
+    def request(self, cmd: Command) -> ProvisionCall:
+        return ProvisionCall("suspend", resource_of(cmd))
 
 
 @dataclass(frozen=True, slots=True)
 class ResumeHandler(_Base):
-    async def call(self, port: ProvisionerPort, cmd: Command) -> ProvisionReply:
-        return await port.resume(**resource_of(cmd))
+    def request(self, cmd: Command) -> ProvisionCall:
+        return ProvisionCall("resume", resource_of(cmd))

@@ -8,12 +8,14 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from itertools import count
 from pathlib import Path
+from typing import Unpack
 
 import pytest
 
 from pipeline.adapters.provisioner import GrpcProvisioner
 from pipeline.devtools.fake_provisioner import FakeProvisioner, Rule
-from pipeline.domain.events import Applied, CallFailed, Skipped
+from pipeline.domain.events import Applied, CallFailed, ProvisionReply, Skipped
+from pipeline.domain.handlers import ProvisionCall, Resource
 
 pytestmark = pytest.mark.integration
 
@@ -34,13 +36,34 @@ def clean(fake: FakeProvisioner) -> None:
     fake.reset()
 
 
-@pytest.fixture(params=[0, 64], ids=["single", "batched"])
+class ViaApply(GrpcProvisioner):
+    """The worker's path: each call goes through ``apply``, as a batch of one."""
+
+    async def regrade(self, *, target_tier: str, **resource: Unpack[Resource]) -> ProvisionReply:
+        [reply] = await self.apply([ProvisionCall("regrade", resource, target_tier)])
+        return reply
+
+    async def suspend(self, **resource: Unpack[Resource]) -> ProvisionReply:
+        [reply] = await self.apply([ProvisionCall("suspend", resource)])
+        return reply
+
+    async def resume(self, **resource: Unpack[Resource]) -> ProvisionReply:
+        [reply] = await self.apply([ProvisionCall("resume", resource)])
+        return reply
+
+
+@pytest.fixture(
+    params=[(GrpcProvisioner, 0), (GrpcProvisioner, 64), (ViaApply, 0), (ViaApply, 64)],
+    ids=["single", "batched", "apply-single", "apply-batched"],
+)
 async def client(
     fake: FakeProvisioner, request: pytest.FixtureRequest
 ) -> AsyncIterator[GrpcProvisioner]:
-    # Every test below runs against both paths: one RPC per call, and ApplyBatch.
+    # Every test below runs against both paths (one call at a time, and apply) and both
+    # wires (one RPC per call, and ApplyBatch).
     assert fake.address is not None
-    c = GrpcProvisioner(fake.address, deadline=2.0, tries=3, pause=0.01, batch=request.param)
+    cls, batch = request.param
+    c = cls(fake.address, deadline=2.0, tries=3, pause=0.01, batch=batch)
     yield c
     await c.close()
 
@@ -276,6 +299,74 @@ async def test_provisioner_without_apply_batch_gets_single_calls() -> None:
     # The one batch (the five calls of one turn) was refused; its calls and every later one
     # went to single calls.
     assert (refused, plain.batch_refusals) == (1, 1)
+
+
+def _call(rid: str) -> ProvisionCall:
+    resource = Resource(
+        idempotency_key=f"k-{rid}", team_id="team-1", resource_type="postgres", resource_id=rid
+    )
+    return ProvisionCall("regrade", resource, "pro")
+
+
+async def test_apply_sends_a_batch_in_chunks_and_answers_each_call_in_order(
+    fake: FakeProvisioner,
+) -> None:
+    assert fake.address is not None
+    fake.set_rules(
+        [
+            Rule(match="skip-*", action="skip", reason="legacy resource"),
+            Rule(match="bad-*", action="error", code="INVALID_ARGUMENT"),
+        ]
+    )
+    client = GrpcProvisioner(fake.address, deadline=2.0, tries=1, batch=8)
+    rids = [f"{('ok', 'skip', 'bad')[i % 3]}-{i}" for i in range(30)]
+    try:
+        results = await client.apply([_call(rid) for rid in rids])
+    finally:
+        await client.close()
+    bad = CallFailed("INVALID_ARGUMENT", "injected error for k-{}", False)
+    expected = {"ok": Applied(), "skip": Skipped("legacy resource"), "bad": bad}
+    assert results == [
+        CallFailed(bad.code, bad.message.format(rid), False)
+        if rid.startswith("bad")
+        else expected[rid.split("-")[0]]
+        for rid in rids
+    ]
+    assert set(fake.effects()) == {f"k-{rid}" for rid in rids if rid.startswith("ok")}
+    assert sorted(fake.batch_sizes()) == [6, 8, 8, 8]  # chunks of 8, all on the wire at once
+
+
+async def test_apply_retries_only_the_transient_item(fake: FakeProvisioner) -> None:
+    assert fake.address is not None
+    fake.set_rules([Rule(match="flaky-*", action="error", code="UNAVAILABLE", times=1)])
+    client = GrpcProvisioner(fake.address, deadline=2.0, tries=3, pause=0.01, batch=64)
+    try:
+        results = await client.apply([_call("flaky-1"), _call("steady-1")])
+    finally:
+        await client.close()
+    assert results == [Applied(), Applied()]
+    assert [(c.idempotency_key, c.outcome) for c in fake.calls()] == [
+        ("k-flaky-1", "error:UNAVAILABLE"),
+        ("k-steady-1", "applied"),
+        ("k-flaky-1", "applied"),
+    ]
+    assert fake.batch_sizes() == [2, 1]
+
+
+async def test_apply_without_apply_batch_falls_back_to_single_calls() -> None:
+    plain = FakeProvisioner(batch_enabled=False)
+    addr = plain.start()
+    client = GrpcProvisioner(addr, deadline=2.0, tries=1, batch=64)
+    try:
+        first = await client.apply([_call(f"p-{i}") for i in range(5)])
+        later = await client.apply([_call("p-later")])
+    finally:
+        await client.close()
+        effects = plain.effects()
+        plain.stop()
+    assert first == [Applied()] * 5 and later == [Applied()]
+    assert set(effects) == {f"k-p-{i}" for i in range(5)} | {"k-p-later"}
+    assert plain.batch_refusals == 1  # refused once; every later call went single
 
 
 def _http(method: str, url: str, body: object = None) -> object:

@@ -1,10 +1,10 @@
 """The faust-streaming processor: ``propagations`` -> handlers -> ``propagation-outcomes``.
 
-One agent instance (faust concurrency 1) per worker process feeds ``OrderedLanes``: many
-commands in flight, one at a time per resource, acknowledged in offset order, so faust never
-commits past a command whose outcome is not yet in the producer (faust flushes the producer
-before each commit). faust's own agent concurrency > 1 is avoided: it can commit past an
-in-flight message (faust-streaming issue #606).
+One agent instance (faust concurrency 1) per worker process feeds ``OrderedLanes`` a batch
+at a time: many commands in flight, one at a time per resource, acknowledged in offset
+order, so faust never commits past a command whose outcome is not yet in the producer
+(faust flushes the producer before each commit). faust's own agent concurrency > 1 is
+avoided: it can commit past an in-flight message (faust-streaming issue #606).
 
 Redelivered (propagation_id, attempt) pairs are recognised from a bounded memory of the
 answers given, read back from the outcome topic at each assignment (recall.py), so
@@ -19,7 +19,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, NoReturn
 
 import faust
@@ -28,7 +28,7 @@ from pipeline.adapters.faust_compat import deliver_eagerly, set_fetch_max_wait
 from pipeline.adapters.replication import Replication
 from pipeline.components.worker.ack_guard import AckGuard
 from pipeline.components.worker.faust_app import new_faust_app
-from pipeline.components.worker.lanes import OrderedLanes
+from pipeline.components.worker.lanes import Entry, OrderedLanes
 from pipeline.components.worker.outcome_sender import OutcomeSender
 from pipeline.components.worker.processor import CommandProcessor
 from pipeline.components.worker.progress import (
@@ -43,6 +43,7 @@ from pipeline.components.worker.sequencer import Admit, Sequencer
 from pipeline.components.worker.shutdown import BoundedStopWorker, exit_not_drained
 from pipeline.domain import codec
 from pipeline.domain.decide import RetryPolicy, dedupe_action
+from pipeline.domain.events import Command
 from pipeline.domain.handlers import ProvisionerPort
 from pipeline.domain.registry import build_registry
 from pipeline.runtime import logs
@@ -57,6 +58,9 @@ RECOVERY_STALL_S = 60.0  # table recovery here takes well under a second per 10k
 DRAIN_TIMEOUT_S = 15.0  # in-flight commands at stop; the stop deadline (25 s) bounds the rest
 RECALL_TIMEOUT_S = 60.0  # reading back at most DEDUPE_MAX_ENTRIES outcomes per partition
 TAKE_WITHIN_S = 0.005  # a batch waits this long for more commands (2 ms measured worse)
+# A batch is at most this share of the commands in flight, so the next batch's calls go out
+# while one waits for its replies and acks.
+UNITS_IN_FLIGHT = 2
 
 
 # faust builds its consumer with fetch_max_wait_ms=1500, hard-coded. aiokafka keeps one fetch
@@ -88,6 +92,7 @@ class WorkerApp:
         self.seen: BoundedDict[bytes, bytes] = BoundedDict(DEDUPE_MAX_ENTRIES)
         self.outcome_sender = OutcomeSender(self.app, cfg.outcomes_topic, metrics)
         self.lanes = OrderedLanes(cfg.worker_concurrency, self.fatal)
+        self.take_size = max(1, cfg.worker_concurrency // UNITS_IN_FLIGHT)
         self.guard = AckGuard(cfg.commands_topic)
         self.sequencer = Sequencer()
         self.baselines_set = asyncio.Event()
@@ -132,65 +137,87 @@ class WorkerApp:
         logs.event(_log, event, logging.DEBUG, **fields)
 
     async def process(self, stream: Any) -> None:
-        # A batch's commands start in one turn of the loop, so their provisioner calls leave
-        # as one ApplyBatch and their outcomes share produce requests (issue 16). take_events
-        # acknowledges a batch itself when it takes the next; AckGuard refuses those acks,
-        # and the lanes acknowledge each command once its outcome is produced.
-        batches = stream.noack().take_events(self.cfg.worker_concurrency, TAKE_WITHIN_S)
+        # A batch is the unit of work: one task, one provisioner round trip and one wait for
+        # the producer's acks for all its commands (issue 16). take_events acknowledges a
+        # batch itself when it takes the next; AckGuard refuses those acks, and the lanes
+        # acknowledge each command once its outcome is produced.
+        batches = stream.noack().take_events(self.take_size, TAKE_WITHIN_S)
         async for batch in batches:
+            entries: list[Entry] = []
+            # Round k holds the k-th command of each resource in the batch: the rounds run
+            # one after another, so one resource's commands keep their order.
+            rounds: list[list[bytes | None]] = []
+            depth: dict[Hashable, int] = {}
             for event in batch:
-                await self.admit(event)
+                msg = event.message
+                if not await self.admit(msg.partition, msg.offset):
+                    continue
+                key = (msg.partition, msg.key if msg.key is not None else msg.offset)
+                k = depth.get(key, 0)
+                depth[key] = k + 1
+                if k == len(rounds):
+                    rounds.append([])
+                rounds[k].append(event.value)
+                entries.append((key, msg.partition, functools.partial(self.guard.ack, event)))
+            if entries:
+                work = functools.partial(self.run_rounds, rounds)
+                await self.lanes.submit_batch(entries, work)
 
-    async def admit(self, event: Any) -> None:
-        msg = event.message
+    async def run_rounds(self, rounds: list[list[bytes | None]]) -> None:
+        for commands in rounds:
+            await self.on_commands(commands)
+
+    async def admit(self, partition: int, offset: int) -> bool:
         if self._debug:  # the check first: the hot path builds no fields when off
-            self._trace("command_received", partition=msg.partition, offset=msg.offset)
-        await self.baselines_set.wait()  # an assignment's baselines come from the broker
-        verdict = self.sequencer.admit(msg.partition, msg.offset)
+            self._trace("command_received", partition=partition, offset=offset)
+        if not self.baselines_set.is_set():
+            await self.baselines_set.wait()  # an assignment's baselines come from the broker
+        verdict = self.sequencer.admit(partition, offset)
         if verdict is Admit.PROCESS:
-            self.admitted_at[msg.partition] = time.monotonic()
-        else:
-            if verdict is Admit.SEEK:
-                await self.restart_for_gap(msg.partition, self.sequencer.seek_to, msg.offset)
-            return
-        key = msg.key if msg.key is not None else msg.offset
-        await self.lanes.submit(
-            key=(msg.partition, key),
-            partition=msg.partition,
-            work=functools.partial(self.on_command, event.value),
-            ack=functools.partial(self.guard.ack, event),
-        )
+            self.admitted_at[partition] = time.monotonic()
+            return True
+        if verdict is Admit.SEEK:
+            await self.restart_for_gap(partition, self.sequencer.seek_to, offset)
+        return False
 
-    async def on_command(self, raw: bytes | None) -> None:
+    async def on_commands(self, raws: list[bytes | None]) -> None:
+        """Outcomes for commands of distinct resources: one batch of provisioner calls, then
+        every outcome produced and acknowledged by the broker."""
         proc = self.processor()
-        decoded = proc.decode(raw)
-        if isinstance(decoded, codec.Undecodable):
-            bad = proc.handle_undecodable(decoded)
-            if bad is not None:
-                await self.outcome_sender.send(bad.key.encode(), codec.encode(bad))
-            return
-        prior = recorded(self.seen, decoded.propagation_id)
-        action = dedupe_action(prior[0] if prior else None, decoded.attempt)
-        if self._debug:
-            self._trace(
-                "command_seen",
-                propagation_id=decoded.propagation_id,
-                attempt=decoded.attempt,
-                action=action,
-            )
-        if action == "drop":
-            self.metrics.duplicates.labels("processor").inc()
-            return
-        if action == "reemit" and prior is not None:
-            # Same attempt again (redelivery or rescue): emit the recorded outcome with its
-            # event_id instead of calling the provisioner a second time.
-            self.metrics.duplicates.labels("processor").inc()
-            await self.outcome_sender.send(decoded.key.encode(), prior[1])
-            return
-        event = await proc.handle(decoded)
-        body = codec.encode_validated(event)
-        remember(self.seen, decoded.propagation_id, decoded.attempt, body)
-        await self.outcome_sender.send(event.key.encode(), body)
+        records: list[tuple[bytes, bytes]] = []
+        todo: list[Command] = []
+        for raw in raws:
+            decoded = proc.decode(raw)
+            if isinstance(decoded, codec.Undecodable):
+                bad = proc.handle_undecodable(decoded)
+                if bad is not None:
+                    records.append((bad.key.encode(), codec.encode(bad)))
+                continue
+            prior = recorded(self.seen, decoded.propagation_id)
+            action = dedupe_action(prior[0] if prior else None, decoded.attempt)
+            if self._debug:
+                self._trace(
+                    "command_seen",
+                    propagation_id=decoded.propagation_id,
+                    attempt=decoded.attempt,
+                    action=action,
+                )
+            if action == "drop":
+                self.metrics.duplicates.labels("processor").inc()
+            elif action == "reemit" and prior is not None:
+                # Same attempt again (redelivery or rescue): emit the recorded outcome with its
+                # event_id instead of calling the provisioner a second time.
+                self.metrics.duplicates.labels("processor").inc()
+                records.append((decoded.key.encode(), prior[1]))
+            else:
+                todo.append(decoded)
+        if todo:
+            for cmd, event in zip(todo, await proc.handle_many(todo), strict=True):
+                body = codec.encode_validated(event)
+                remember(self.seen, cmd.propagation_id, cmd.attempt, body)
+                records.append((event.key.encode(), body))
+        if records:
+            await self.outcome_sender.send_many(records)
 
     async def restart_for_gap(self, partition: int, expected: int | None, got: int) -> None:
         # faust dropped offsets before this one (its pause-time skip) and a seek does not

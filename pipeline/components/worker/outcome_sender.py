@@ -41,19 +41,43 @@ class OutcomeSender:
         self._lock: asyncio.Lock | None = None
 
     async def send(self, key: bytes, value: bytes) -> None:
+        await self.send_many([(key, value)])
+
+    async def send_many(self, records: list[tuple[bytes, bytes]]) -> None:
+        """Produce every (key, value) and wait for the broker's acks; they share requests."""
+        pending = records
         for last_try in (False, True):
             broken = self._current()
             if broken is None:
                 raise RuntimeError("the worker's producer is not started")
-            try:
-                delivered = await broken.send(self._topic, value, key=key)
-                await delivered
+            failed, error = await self._deliver(broken, pending)
+            if error is None:
                 return
+            label = fatal_idempotence_error(error)
+            if label is None or last_try:
+                raise error
+            await self._heal(broken, label)
+            pending = failed  # only what the broken producer did not deliver goes again
+
+    async def _deliver(
+        self, producer: AIOKafkaProducer, records: list[tuple[bytes, bytes]]
+    ) -> tuple[list[tuple[bytes, bytes]], Exception | None]:
+        sent: list[tuple[tuple[bytes, bytes], asyncio.Future[Any]]] = []
+        failed: list[tuple[bytes, bytes]] = []
+        error: Exception | None = None
+        for record in records:
+            try:
+                sent.append((record, await producer.send(self._topic, record[1], key=record[0])))
             except Exception as exc:
-                label = fatal_idempotence_error(exc)
-                if label is None or last_try:
-                    raise
-                await self._heal(broken, label)
+                failed.append(record)
+                error = error or exc
+        for record, delivered in sent:
+            try:
+                await delivered
+            except Exception as exc:
+                failed.append(record)
+                error = error or exc
+        return failed, error
 
     def _current(self) -> AIOKafkaProducer | None:
         return aiokafka_producer(self._app.producer)

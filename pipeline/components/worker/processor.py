@@ -1,13 +1,14 @@
-"""The processor's core, free of faust: command bytes in, one outcome event out.
+"""The processor's core, free of faust: commands in, one outcome event each out.
 
-The faust agent in ``streams.app`` adds the plumbing (consuming, the de-duplication table,
-producing); everything that decides lives here and in ``decide``/``handlers``.
+The faust agent in ``worker.app`` adds the plumbing (consuming, de-duplication, producing);
+everything that decides lives here and in ``decide``/``handlers``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,11 +20,12 @@ from pipeline.domain.events import (
     Command,
     Decision,
     OutcomeEvent,
+    ProvisionReply,
     iso,
     outcome_event_id,
     utcnow,
 )
-from pipeline.domain.handlers import ProvisionerPort
+from pipeline.domain.handlers import Handler, ProvisionCall, ProvisionerPort
 from pipeline.domain.registry import HandlerRegistry
 from pipeline.runtime import logs
 from pipeline.runtime.metrics import Metrics
@@ -54,30 +56,60 @@ class CommandProcessor:
 
     async def handle(self, cmd: Command) -> OutcomeEvent:
         """Run one well-formed command through its handler; returns the outcome event."""
-        handler = self._registry.get(cmd.kind)
-        if handler is None:
-            self._metrics.record_unknown_kind(cmd.kind)
-            now = self._clock()
-            decision = decide_unknown_kind(cmd.budget_attempt, cmd.kind, now, self._policy)
-        else:
-            problem = handler.validate(cmd.payload)
-            if problem is None:
-                started = time.perf_counter()
-                try:
-                    reply = await handler.call(self._port, cmd)
-                except Exception as exc:  # an adapter bug must cost a retry, not the worker
-                    reply = CallFailed("INTERNAL", f"{type(exc).__name__}: {exc}"[:500], True)
-                self._metrics.handler_seconds.labels(cmd.kind).observe(
-                    time.perf_counter() - started
+        [event] = await self.handle_many([cmd])
+        return event
+
+    async def handle_many(self, cmds: Sequence[Command]) -> list[OutcomeEvent]:
+        """Outcome events for well-formed commands, in order; their provisioner calls go to
+        the port as one batch. The caller keeps commands of one resource out of one batch."""
+        now = self._clock()
+        decisions: list[tuple[Decision, datetime] | None] = [None] * len(cmds)
+        calls: list[ProvisionCall] = []
+        called: list[tuple[int, Handler]] = []
+        for i, cmd in enumerate(cmds):
+            handler = self._registry.get(cmd.kind)
+            if handler is None:
+                self._metrics.record_unknown_kind(cmd.kind)
+                decisions[i] = (
+                    decide_unknown_kind(cmd.budget_attempt, cmd.kind, now, self._policy),
+                    now,
                 )
-                now = self._clock()  # after the call: the retry counts from its end
-                decision = handler.decide(cmd, reply, now, self._policy)
-            else:
+                continue
+            problem = handler.validate(cmd.payload)
+            if problem is not None:
                 self._metrics.record_invalid("schema_violation", self._topic)
-                now = self._clock()
-                decision = decide_invalid(problem)
-        # one reading of the clock per outcome: occurred_at and next_attempt_at agree
-        return self._emit(_stamp(cmd.to_dict(), decision, now, cmd.event_id))
+                decisions[i] = (decide_invalid(problem), now)
+                continue
+            calls.append(handler.request(cmd))
+            called.append((i, handler))
+        if calls:
+            replies = await self._apply(calls, [cmds[i].kind for i, _ in called])
+            after = self._clock()  # after the calls: a retry counts from their end
+            for (i, handler), reply in zip(called, replies, strict=True):
+                decisions[i] = (handler.decide(cmds[i], reply, after, self._policy), after)
+        events = []
+        for cmd, decided in zip(cmds, decisions, strict=True):
+            assert decided is not None
+            decision, at = decided
+            # one reading of the clock per outcome: occurred_at and next_attempt_at agree
+            events.append(self._emit(_stamp(cmd.to_dict(), decision, at, cmd.event_id)))
+        return events
+
+    async def _apply(self, calls: list[ProvisionCall], kinds: list[str]) -> list[ProvisionReply]:
+        started = time.perf_counter()
+        try:
+            replies = await self._port.apply(calls)
+            if len(replies) != len(calls):
+                raise RuntimeError(f"{len(replies)} replies to {len(calls)} calls")
+        except Exception as exc:  # an adapter bug must cost a retry, not the worker
+            failed = CallFailed("INTERNAL", f"{type(exc).__name__}: {exc}"[:500], True)
+            replies = [failed] * len(calls)
+        elapsed = time.perf_counter() - started  # each call waited for the whole batch
+        for kind, n in Counter(kinds).items():
+            observe = self._metrics.handler_seconds.labels(kind).observe
+            for _ in range(n):
+                observe(elapsed)
+        return replies
 
     def handle_undecodable(self, bad: Undecodable) -> OutcomeEvent | None:
         """Dead-letter what can be attributed to a propagation; count and skip the rest."""

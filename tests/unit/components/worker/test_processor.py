@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import orjson
@@ -21,6 +22,7 @@ from pipeline.domain.events import (
     command_event_id,
     outcome_event_id,
 )
+from pipeline.domain.handlers import ProvisionCall
 from pipeline.domain.registry import build_registry
 from pipeline.runtime.metrics import Metrics
 
@@ -28,21 +30,21 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class StubPort:
+    """Records every call it receives, in order, batch by batch; answers each with ``reply``."""
+
     def __init__(self, reply: ProvisionReply) -> None:
         self.reply = reply
         self.calls: list[tuple[str, dict[str, str]]] = []
+        self.batches: list[int] = []
 
-    async def regrade(self, **kw: str) -> ProvisionReply:
-        self.calls.append(("regrade", kw))
-        return self.reply
-
-    async def suspend(self, **kw: str) -> ProvisionReply:
-        self.calls.append(("suspend", kw))
-        return self.reply
-
-    async def resume(self, **kw: str) -> ProvisionReply:
-        self.calls.append(("resume", kw))
-        return self.reply
+    async def apply(self, calls: Sequence[ProvisionCall]) -> list[ProvisionReply]:
+        self.batches.append(len(calls))
+        for call in calls:
+            fields: dict[str, str] = dict(call.resource)
+            if call.target_tier is not None:
+                fields["target_tier"] = call.target_tier
+            self.calls.append((call.method, fields))
+        return [self.reply] * len(calls)
 
 
 def make(
@@ -164,10 +166,10 @@ async def test_invalid_payload_is_dead_lettered_without_calling_the_provisioner(
 async def test_adapter_exception_costs_a_retry_not_the_worker() -> None:
     proc, port, _ = make(Applied())
 
-    async def boom(**kw: str) -> ProvisionReply:
+    async def boom(calls: Sequence[ProvisionCall]) -> list[ProvisionReply]:
         raise RuntimeError("adapter bug")
 
-    port.regrade = boom  # type: ignore[method-assign]
+    port.apply = boom  # type: ignore[method-assign]
     event = await proc.handle(command())
     assert event.outcome is Outcome.RETRYING
     assert event.error is not None and "adapter bug" in event.error
@@ -220,3 +222,47 @@ async def test_an_operator_retry_restarts_the_budget_and_the_backoff() -> None:
     assert event.next_attempt_at == "2026-01-01T00:05:00Z"
     event = await proc.handle(replace(command(attempt=20), attempt_budget_base=10))
     assert event.outcome is Outcome.DEAD_LETTERED
+
+
+async def test_a_batch_makes_one_port_call_and_keeps_its_order() -> None:
+    proc, port, metrics = make(Applied())
+    cmds = [
+        command(),
+        command(kind="no_such_kind"),
+        command(kind="resource_suspend", payload={}),
+        command(payload={"target_tier": 7}),
+    ]
+    events = await proc.handle_many(cmds)
+    assert port.batches == [2]  # the unknown kind and the invalid payload make no call
+    assert [c[0] for c in port.calls] == ["regrade", "suspend"]
+    assert [e.outcome for e in events] == [
+        Outcome.APPLIED,
+        Outcome.RETRYING,  # an unknown kind waits for a deploy, within its budget
+        Outcome.APPLIED,
+        Outcome.DEAD_LETTERED,
+    ]
+    assert [e.kind for e in events] == [c.kind for c in cmds]
+    assert (
+        metrics.sample("instant_propagation_handler_seconds_count", {"kind": "tier_elevation"}),
+        metrics.sample("instant_propagation_handler_seconds_count", {"kind": "resource_suspend"}),
+    ) == (1.0, 1.0)
+
+
+class WrongCountPort(StubPort):
+    async def apply(self, calls: Sequence[ProvisionCall]) -> list[ProvisionReply]:
+        await super().apply(calls)
+        return [self.reply]  # one reply for any number of calls: an adapter bug
+
+
+async def test_an_adapter_answering_the_wrong_number_of_calls_costs_a_retry() -> None:
+    port = WrongCountPort(Applied())
+    proc = CommandProcessor(
+        registry=build_registry(),
+        port=port,
+        policy=RetryPolicy(10, 1.0),
+        metrics=Metrics(build_registry().kinds),
+        clock=lambda: NOW,
+    )
+    events = await proc.handle_many([command(), command(kind="resource_suspend", payload={})])
+    assert [e.outcome for e in events] == [Outcome.RETRYING, Outcome.RETRYING]
+    assert [e.error for e in events] == ["INTERNAL: RuntimeError: 1 replies to 2 calls"] * 2
