@@ -9,7 +9,7 @@ boundary, so the processor can be tested with a ten-line fake.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -18,9 +18,10 @@ import grpc.aio
 
 from pipeline.adapters.proto import provisioner_pb2 as pb
 from pipeline.adapters.proto import provisioner_pb2_grpc as pb_grpc
+from pipeline.adapters.provisioner_coalescer import Coalescer
 from pipeline.domain.errors import ProvisionerError
 from pipeline.domain.events import Applied, CallFailed, ProvisionReply, Skipped
-from pipeline.domain.handlers import ProvisionCall, Resource
+from pipeline.domain.handlers import Answered, ProvisionCall, Resource
 
 # The provisioner says the command itself is invalid: retrying cannot help, and the pipeline
 # dead-letters it at once as ``invalid_payload``.
@@ -59,6 +60,7 @@ _BATCH_FIELDS = {
 }
 _RPC_OF = {field: rpc for rpc, field in _BATCH_FIELDS.items()}
 _NO_CALL = CallFailed("UNAVAILABLE", "no call made", True)
+_CLOSED = CallFailed("UNAVAILABLE", "provisioner client is closed", True)
 
 # Tuned for one long-lived channel carrying many concurrent calls (the worker multiplexes every
 # in-flight attempt over it).
@@ -137,7 +139,7 @@ class GrpcProvisioner:
         self._stub: Any = None
         self._closed = False
         self._batch = batch
-        self._batcher = _Batcher(self, batch, batches_in_flight) if batch > 0 else None
+        self._batcher = Coalescer(self._batch_rpc, batch, batches_in_flight) if batch > 0 else None
 
     def _get_stub(self) -> Any:
         # Created lazily, inside the running loop: a grpc.aio channel is bound to the event
@@ -162,75 +164,100 @@ class GrpcProvisioner:
     async def resume(self, **resource: Unpack[Resource]) -> ProvisionReply:
         return await self._call("ResumeResource", pb.ResourceRequest(**resource))
 
-    async def apply(self, calls: Sequence[ProvisionCall]) -> list[ProvisionReply]:
-        """Every call's reply, in order: a batch in as few round trips as ``batch`` allows."""
+    async def apply(self, calls: Sequence[ProvisionCall]) -> AsyncIterator[Answered]:
+        """Every call's reply, yielded as replies arrive: a batch in as few round trips as
+        ``batch`` allows, each call with its own retries. Each index is answered once."""
         requests = [(_RPC_OF[c.method], _request(c)) for c in calls]
-        return await self._retrying(requests, self._apply_once)
-
-    async def _call(self, method: str, request: Any) -> ProvisionReply:
-        [reply] = await self._retrying([(method, request)], self._call_once)
-        return reply
-
-    async def _call_once(self, requests: list[tuple[str, Any]]) -> list[ProvisionReply]:
-        return [await self._once(*requests[0])]
-
-    async def _retrying(
-        self,
-        requests: list[tuple[str, Any]],
-        once: Callable[[list[tuple[str, Any]]], Awaitable[list[ProvisionReply]]],
-    ) -> list[ProvisionReply]:
-        # Up to ``tries`` rounds; a round repeats only the calls that failed transiently.
-        replies: list[ProvisionReply] = [_NO_CALL] * len(requests)
         todo = list(range(len(requests)))
         for attempt in range(self._tries):
-            if not todo:
-                break
             if attempt:
                 await asyncio.sleep(self._pause)
-            for i, reply in zip(todo, await once([requests[i] for i in todo]), strict=True):
-                replies[i] = reply
-            todo = [i for i in todo if _transient(replies[i])]
-        return replies
+            last = attempt + 1 == self._tries
+            again: list[int] = []
+            async for answered in self._apply_once([requests[i] for i in todo]):
+                final: Answered = []
+                for j, reply in answered:
+                    if not last and _transient(reply):
+                        again.append(todo[j])
+                    else:
+                        final.append((todo[j], reply))
+                if final:
+                    yield final
+            todo = sorted(again)
+            if not todo:
+                return
 
-    async def _apply_once(self, requests: list[tuple[str, Any]]) -> list[ProvisionReply]:
+    async def _apply_once(self, requests: list[tuple[str, Any]]) -> AsyncIterator[Answered]:
         if self._closed:
-            return [CallFailed("UNAVAILABLE", "provisioner client is closed", True)] * len(requests)
-        out: list[ProvisionReply | None] = [None] * len(requests)
-        batcher = self._batcher
-        if batcher is not None and not batcher.unsupported:
-            chunks = [
-                range(i, min(i + self._batch, len(requests)))
-                for i in range(0, len(out), self._batch)
-            ]
+            yield [(j, _CLOSED) for j in range(len(requests))]
+            return
+        queue: asyncio.Queue[Answered] = asyncio.Queue()
+        if self._batcher is not None and not self._batcher.unsupported:
+            size = self._batch
+            parts = [range(i, min(i + size, len(requests))) for i in range(0, len(requests), size)]
+            jobs = [self._apply_chunk(requests, part, queue.put_nowait) for part in parts]
+        else:
+            jobs = [self._apply_singles(requests, range(len(requests)), queue.put_nowait)]
+        # A task per round trip (not per call); every reply comes back through the queue.
+        tasks = [asyncio.ensure_future(job) for job in jobs]
+        try:
+            left = len(requests)
+            while left:
+                answered = await queue.get()
+                left -= len(answered)
+                yield answered
+        finally:
+            for task in tasks:
+                task.cancel()  # only when the caller stopped early: the rest are done
 
-            async def send(chunk: range) -> None:
-                items = [
-                    pb.BatchItem(**{_BATCH_FIELDS[m]: r}) for m, r in (requests[j] for j in chunk)
-                ]
+    async def _apply_chunk(
+        self, requests: list[tuple[str, Any]], part: range, put: Callable[[Answered], None]
+    ) -> None:
+        answered = [False] * len(part)
 
-                def deliver(index: int, reply: ProvisionReply) -> None:
-                    out[chunk[index]] = reply
+        def deliver(results: Answered) -> None:
+            fresh = [(part[k], reply) for k, reply in results if not answered[k]]
+            for k, _ in results:
+                answered[k] = True
+            if fresh:
+                put(fresh)
 
-                rest = await self._batch_rpc(items, deliver)
-                if rest is None:
-                    batcher.unsupported = True
-                    return
-                for j in chunk:
-                    if out[j] is None:
-                        out[j] = rest
+        items = [pb.BatchItem(**{_BATCH_FIELDS[m]: r}) for m, r in (requests[j] for j in part)]
+        try:
+            rest = await self._batch_rpc(items, deliver)
+        except Exception as exc:  # never leave the caller waiting for a reply
+            rest = CallFailed("INTERNAL", f"{type(exc).__name__}: {exc}"[:500], True)
+        left = [part[k] for k, done in enumerate(answered) if not done]
+        if not left:
+            return
+        if rest is None:  # no ApplyBatch here: one RPC per call, now and from now on
+            if self._batcher is not None:
+                self._batcher.unsupported = True
+            await self._apply_singles(requests, left, put)
+        else:
+            put([(j, rest) for j in left])
 
-            # One coroutine for the usual one chunk; a task each only when there are more.
-            await (send(chunks[0]) if len(chunks) == 1 else asyncio.gather(*map(send, chunks)))
-        left = [j for j, reply in enumerate(out) if reply is None]
-        if left:  # no ApplyBatch: one RPC per call
-            singles = await asyncio.gather(*(self._single(*requests[j]) for j in left))
-            for j, reply in zip(left, singles, strict=True):
-                out[j] = reply
-        return [reply if reply is not None else _NO_CALL for reply in out]
+    async def _apply_singles(
+        self, requests: list[tuple[str, Any]], which: Sequence[int], put: Callable[[Answered], None]
+    ) -> None:
+        async def one(j: int) -> None:
+            put([(j, await self._single(*requests[j]))])
+
+        await asyncio.gather(*(one(j) for j in which))
+
+    async def _call(self, method: str, request: Any) -> ProvisionReply:
+        result: ProvisionReply = _NO_CALL
+        for attempt in range(self._tries):
+            if attempt:
+                await asyncio.sleep(self._pause)
+            result = await self._once(method, request)
+            if not _transient(result):
+                return result
+        return result
 
     async def _once(self, method: str, request: Any) -> ProvisionReply:
         if self._closed:
-            return CallFailed("UNAVAILABLE", "provisioner client is closed", True)
+            return _CLOSED
         if self._batcher is not None and not self._batcher.unsupported:
             item = pb.BatchItem(**{_BATCH_FIELDS[method]: request})
             batched = await self._batcher.call(item)
@@ -255,23 +282,22 @@ class GrpcProvisioner:
         return Skipped(reply.skip_reason or "no reason given")
 
     async def _batch_rpc(
-        self, items: list[Any], deliver: Callable[[int, ProvisionReply], None]
+        self, items: list[Any], deliver: Callable[[Answered], None]
     ) -> ProvisionReply | None:
-        """One ApplyBatch call: results go to ``deliver(index, reply)`` as they stream in.
+        """One ApplyBatch call: each message's results go to ``deliver([(index, reply)])``
+        as they stream in.
 
         Returns what every item not delivered gets: the call's failure, or None when the
         provisioner does not implement ApplyBatch.
         """
         if self._closed:
-            return CallFailed("UNAVAILABLE", "provisioner client is closed", True)
+            return _CLOSED
         answered = False
         try:
             call = self._get_stub().ApplyBatch(pb.BatchRequest(items=items), timeout=self._deadline)
             async for chunk in call:
                 answered = True
-                for result in chunk.results:
-                    if 0 <= result.index < len(items):
-                        deliver(result.index, _result(result))
+                deliver([(r.index, _result(r)) for r in chunk.results if 0 <= r.index < len(items)])
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code is grpc.StatusCode.UNIMPLEMENTED and not answered:
@@ -308,87 +334,3 @@ def _result(result: Any) -> ProvisionReply:
         return Skipped(result.reply.skip_reason or "no reason given")
     code = _CODES_BY_NUMBER.get(result.code, grpc.StatusCode.UNKNOWN)
     return CallFailed(code.name, result.details, code in RETRYABLE_CODES)
-
-
-class _Batcher:
-    """Coalesces concurrent calls into ``ApplyBatch`` round trips.
-
-    Nagle-style: while fewer than ``max_in_flight`` batches are on the wire, the calls made in
-    one turn of the event loop leave together at its end (a lone command waits for no
-    timer); otherwise they join the next batch, which leaves as soon as a slot frees up.
-    Under load batches grow by themselves. A batch gives its slot back at its first answer
-    (or after ``SLOT_HOLD_S``), not at its last: items the provisioner is slow on must not
-    hold up the batching of everything else.
-    """
-
-    SLOT_HOLD_S = 0.02
-
-    def __init__(self, owner: GrpcProvisioner, max_items: int, max_in_flight: int) -> None:
-        self._owner = owner
-        self._max_items = max_items
-        self._max_in_flight = max_in_flight
-        self._queue: list[tuple[Any, asyncio.Future[ProvisionReply | None]]] = []
-        self._in_flight = 0
-        self._tasks: set[asyncio.Future[None]] = set()
-        self._pump_due = False
-        self.unsupported = False
-
-    async def call(self, item: Any) -> ProvisionReply | None:
-        """The item's reply; None when the provisioner has no ApplyBatch (use single calls)."""
-        fut: asyncio.Future[ProvisionReply | None] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, fut))
-        if not self._pump_due:
-            # The worker starts a batch of commands in one turn: sending the first call at
-            # once would make it a batch of one and hold the rest back until it is answered.
-            self._pump_due = True
-            asyncio.get_running_loop().call_soon(self._pump)
-        return await fut
-
-    def _pump(self) -> None:
-        self._pump_due = False
-        if self.unsupported:
-            queued, self._queue = self._queue, []
-            for _, fut in queued:
-                if not fut.done():
-                    fut.set_result(None)
-            return
-        while self._queue and self._in_flight < self._max_in_flight:
-            batch = self._queue[: self._max_items]
-            del self._queue[: self._max_items]
-            self._in_flight += 1
-            task = asyncio.ensure_future(self._send(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: list[tuple[Any, asyncio.Future[ProvisionReply | None]]]) -> None:
-        held = True
-
-        def release() -> None:
-            nonlocal held
-            if held:
-                held = False
-                self._in_flight -= 1
-                self._pump()
-
-        timer = asyncio.get_running_loop().call_later(self.SLOT_HOLD_S, release)
-
-        def deliver(index: int, reply: ProvisionReply) -> None:
-            fut = batch[index][1]
-            if not fut.done():  # its caller may have been cancelled meanwhile
-                fut.set_result(reply)
-            release()
-
-        try:
-            rest = await self._owner._batch_rpc([item for item, _ in batch], deliver)
-        except BaseException:
-            for _, fut in batch:
-                fut.cancel()
-            raise
-        finally:
-            timer.cancel()
-        if rest is None:
-            self.unsupported = True
-        for _, fut in batch:
-            if not fut.done():
-                fut.set_result(rest)
-        release()

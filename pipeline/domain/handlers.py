@@ -7,7 +7,7 @@ processor hands a whole batch of them to the injected ``ProvisionerPort`` at onc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypedDict
@@ -44,14 +44,19 @@ class ProvisionCall:
     target_tier: str | None = None  # regrade only
 
 
+# Replies as they arrive: (index of the call in its batch, reply).
+Answered = list[tuple[int, ProvisionReply]]
+
+
 class ProvisionerPort(Protocol):
     """The provisioner as the processor sees it; never raises for a failed call.
 
-    ``apply`` makes every call of a batch (each with its own retries) and returns their
-    replies in order. Implemented over gRPC by ``pipeline.adapters.provisioner.GrpcProvisioner``.
+    ``apply`` makes every call of a batch (each with its own retries) and yields the replies
+    as they arrive, so one slow call does not hold back the others' outcomes. Implemented
+    over gRPC by ``pipeline.adapters.provisioner.GrpcProvisioner``.
     """
 
-    async def apply(self, calls: Sequence[ProvisionCall]) -> list[ProvisionReply]: ...
+    def apply(self, calls: Sequence[ProvisionCall]) -> AsyncIterator[Answered]: ...
 
 
 class Handler(Protocol):

@@ -36,19 +36,26 @@ def clean(fake: FakeProvisioner) -> None:
     fake.reset()
 
 
+async def _apply(client: GrpcProvisioner, calls: list[ProvisionCall]) -> list[ProvisionReply]:
+    """Every reply of ``client.apply``, in call order; each call answered exactly once."""
+    got = [pair async for answered in client.apply(calls) for pair in answered]
+    assert sorted(i for i, _ in got) == list(range(len(calls)))
+    return [reply for _, reply in sorted(got, key=lambda pair: pair[0])]
+
+
 class ViaApply(GrpcProvisioner):
     """The worker's path: each call goes through ``apply``, as a batch of one."""
 
     async def regrade(self, *, target_tier: str, **resource: Unpack[Resource]) -> ProvisionReply:
-        [reply] = await self.apply([ProvisionCall("regrade", resource, target_tier)])
+        [reply] = await _apply(self, [ProvisionCall("regrade", resource, target_tier)])
         return reply
 
     async def suspend(self, **resource: Unpack[Resource]) -> ProvisionReply:
-        [reply] = await self.apply([ProvisionCall("suspend", resource)])
+        [reply] = await _apply(self, [ProvisionCall("suspend", resource)])
         return reply
 
     async def resume(self, **resource: Unpack[Resource]) -> ProvisionReply:
-        [reply] = await self.apply([ProvisionCall("resume", resource)])
+        [reply] = await _apply(self, [ProvisionCall("resume", resource)])
         return reply
 
 
@@ -321,7 +328,7 @@ async def test_apply_sends_a_batch_in_chunks_and_answers_each_call_in_order(
     client = GrpcProvisioner(fake.address, deadline=2.0, tries=1, batch=8)
     rids = [f"{('ok', 'skip', 'bad')[i % 3]}-{i}" for i in range(30)]
     try:
-        results = await client.apply([_call(rid) for rid in rids])
+        results = await _apply(client, [_call(rid) for rid in rids])
     finally:
         await client.close()
     bad = CallFailed("INVALID_ARGUMENT", "injected error for k-{}", False)
@@ -341,7 +348,7 @@ async def test_apply_retries_only_the_transient_item(fake: FakeProvisioner) -> N
     fake.set_rules([Rule(match="flaky-*", action="error", code="UNAVAILABLE", times=1)])
     client = GrpcProvisioner(fake.address, deadline=2.0, tries=3, pause=0.01, batch=64)
     try:
-        results = await client.apply([_call("flaky-1"), _call("steady-1")])
+        results = await _apply(client, [_call("flaky-1"), _call("steady-1")])
     finally:
         await client.close()
     assert results == [Applied(), Applied()]
@@ -358,8 +365,8 @@ async def test_apply_without_apply_batch_falls_back_to_single_calls() -> None:
     addr = plain.start()
     client = GrpcProvisioner(addr, deadline=2.0, tries=1, batch=64)
     try:
-        first = await client.apply([_call(f"p-{i}") for i in range(5)])
-        later = await client.apply([_call("p-later")])
+        first = await _apply(client, [_call(f"p-{i}") for i in range(5)])
+        later = await _apply(client, [_call("p-later")])
     finally:
         await client.close()
         effects = plain.effects()
@@ -367,6 +374,21 @@ async def test_apply_without_apply_batch_falls_back_to_single_calls() -> None:
     assert first == [Applied()] * 5 and later == [Applied()]
     assert set(effects) == {f"k-p-{i}" for i in range(5)} | {"k-p-later"}
     assert plain.batch_refusals == 1  # refused once; every later call went single
+
+
+async def test_apply_yields_fast_replies_before_a_slow_one(fake: FakeProvisioner) -> None:
+    assert fake.address is not None
+    fake.set_rules([Rule(match="slow-*", latency_ms=300)])
+    client = GrpcProvisioner(fake.address, deadline=2.0, tries=1, batch=64)
+    try:
+        yields = [
+            sorted(i for i, _ in answered)
+            async for answered in client.apply([_call("slow-1"), _call("fast-1"), _call("fast-2")])
+        ]
+    finally:
+        await client.close()
+    assert yields == [[1, 2], [0]]  # one round trip, answered in two messages
+    assert fake.batch_sizes() == [3]
 
 
 def _http(method: str, url: str, body: object = None) -> object:

@@ -181,8 +181,8 @@ class WorkerApp:
         return False
 
     async def on_commands(self, raws: list[bytes | None]) -> None:
-        """Outcomes for commands of distinct resources: one batch of provisioner calls, then
-        every outcome produced and acknowledged by the broker."""
+        """Outcomes for commands of distinct resources: one batch of provisioner calls, and
+        the outcomes produced (and acknowledged by the broker) as the replies arrive."""
         proc = self.processor()
         records: list[tuple[bytes, bytes]] = []
         todo: list[Command] = []
@@ -211,11 +211,16 @@ class WorkerApp:
                 records.append((decoded.key.encode(), prior[1]))
             else:
                 todo.append(decoded)
+        # Outcomes go out as their replies arrive: one slow provisioner call does not hold
+        # back the others' (their acks wait for it, as offset order requires).
         if todo:
-            for cmd, event in zip(todo, await proc.handle_many(todo), strict=True):
-                body = codec.encode_validated(event)
-                remember(self.seen, cmd.propagation_id, cmd.attempt, body)
-                records.append((event.key.encode(), body))
+            async for outcomes in proc.handle_many(todo):
+                for i, event in outcomes:
+                    body = codec.encode_validated(event)
+                    remember(self.seen, todo[i].propagation_id, todo[i].attempt, body)
+                    records.append((event.key.encode(), body))
+                await self.outcome_sender.send_many(records)
+                records = []
         if records:
             await self.outcome_sender.send_many(records)
 

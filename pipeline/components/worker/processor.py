@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,17 +20,19 @@ from pipeline.domain.events import (
     Command,
     Decision,
     OutcomeEvent,
-    ProvisionReply,
     iso,
     outcome_event_id,
     utcnow,
 )
-from pipeline.domain.handlers import Handler, ProvisionCall, ProvisionerPort
+from pipeline.domain.handlers import Answered, Handler, ProvisionCall, ProvisionerPort
 from pipeline.domain.registry import HandlerRegistry
 from pipeline.runtime import logs
 from pipeline.runtime.metrics import Metrics
 
 _log = logs.get("processor")
+
+# Outcomes as they are decided: (index of the command in its batch, event).
+Outcomes = list[tuple[int, OutcomeEvent]]
 
 
 class CommandProcessor:
@@ -56,60 +58,74 @@ class CommandProcessor:
 
     async def handle(self, cmd: Command) -> OutcomeEvent:
         """Run one well-formed command through its handler; returns the outcome event."""
-        [event] = await self.handle_many([cmd])
+        [event] = [event async for outcomes in self.handle_many([cmd]) for _, event in outcomes]
         return event
 
-    async def handle_many(self, cmds: Sequence[Command]) -> list[OutcomeEvent]:
-        """Outcome events for well-formed commands, in order; their provisioner calls go to
-        the port as one batch. The caller keeps commands of one resource out of one batch."""
+    async def handle_many(self, cmds: Sequence[Command]) -> AsyncIterator[Outcomes]:
+        """Outcome events for well-formed commands as (index, event) lists, each command's
+        once, as their replies arrive; the provisioner calls go to the port as one batch.
+        The caller keeps two commands of one resource out of one batch."""
         now = self._clock()
-        decisions: list[tuple[Decision, datetime] | None] = [None] * len(cmds)
+        ready: Outcomes = []
         calls: list[ProvisionCall] = []
         called: list[tuple[int, Handler]] = []
         for i, cmd in enumerate(cmds):
             handler = self._registry.get(cmd.kind)
             if handler is None:
                 self._metrics.record_unknown_kind(cmd.kind)
-                decisions[i] = (
-                    decide_unknown_kind(cmd.budget_attempt, cmd.kind, now, self._policy),
-                    now,
-                )
-                continue
-            problem = handler.validate(cmd.payload)
-            if problem is not None:
+                decision = decide_unknown_kind(cmd.budget_attempt, cmd.kind, now, self._policy)
+            else:
+                problem = handler.validate(cmd.payload)
+                if problem is None:
+                    calls.append(handler.request(cmd))
+                    called.append((i, handler))
+                    continue
                 self._metrics.record_invalid("schema_violation", self._topic)
-                decisions[i] = (decide_invalid(problem), now)
-                continue
-            calls.append(handler.request(cmd))
-            called.append((i, handler))
-        if calls:
-            replies = await self._apply(calls, [cmds[i].kind for i, _ in called])
-            after = self._clock()  # after the calls: a retry counts from their end
-            for (i, handler), reply in zip(called, replies, strict=True):
-                decisions[i] = (handler.decide(cmds[i], reply, after, self._policy), after)
-        events = []
-        for cmd, decided in zip(cmds, decisions, strict=True):
-            assert decided is not None
-            decision, at = decided
-            # one reading of the clock per outcome: occurred_at and next_attempt_at agree
-            events.append(self._emit(_stamp(cmd.to_dict(), decision, at, cmd.event_id)))
-        return events
+                decision = decide_invalid(problem)
+            ready.append((i, self._stamped(cmd, decision, now)))
+        if ready:
+            yield ready
+        if not calls:
+            return
+        async for answered in self._apply(calls, [cmds[i].kind for i, _ in called]):
+            after = self._clock()  # after the call: a retry counts from its end
+            outcomes: Outcomes = []
+            for j, reply in answered:
+                i, handler = called[j]
+                decision = handler.decide(cmds[i], reply, after, self._policy)
+                outcomes.append((i, self._stamped(cmds[i], decision, after)))
+            yield outcomes
 
-    async def _apply(self, calls: list[ProvisionCall], kinds: list[str]) -> list[ProvisionReply]:
+    async def _apply(self, calls: list[ProvisionCall], kinds: list[str]) -> AsyncIterator[Answered]:
+        # Every call answered exactly once, whatever the adapter does: a bug there costs
+        # the commands a retry, never the worker nor a command's outcome.
         started = time.perf_counter()
+        waiting = set(range(len(calls)))
         try:
-            replies = await self._port.apply(calls)
-            if len(replies) != len(calls):
-                raise RuntimeError(f"{len(replies)} replies to {len(calls)} calls")
-        except Exception as exc:  # an adapter bug must cost a retry, not the worker
+            async for answered in self._port.apply(calls):
+                fresh: Answered = []
+                for j, reply in answered:
+                    if j in waiting:
+                        waiting.discard(j)
+                        fresh.append((j, reply))
+                self._observe(kinds, fresh, time.perf_counter() - started)
+                if fresh:
+                    yield fresh
+            if waiting:
+                raise RuntimeError(f"no reply to {len(waiting)} of {len(calls)} calls")
+        except Exception as exc:
             failed = CallFailed("INTERNAL", f"{type(exc).__name__}: {exc}"[:500], True)
-            replies = [failed] * len(calls)
-        elapsed = time.perf_counter() - started  # each call waited for the whole batch
-        for kind, n in Counter(kinds).items():
+            yield [(j, failed) for j in sorted(waiting)]
+
+    def _observe(self, kinds: list[str], answered: Answered, elapsed: float) -> None:
+        for kind, n in Counter(kinds[j] for j, _ in answered).items():
             observe = self._metrics.handler_seconds.labels(kind).observe
             for _ in range(n):
                 observe(elapsed)
-        return replies
+
+    def _stamped(self, cmd: Command, decision: Decision, now: datetime) -> OutcomeEvent:
+        # one reading of the clock per outcome: occurred_at and next_attempt_at agree
+        return self._emit(_stamp(cmd.to_dict(), decision, now, cmd.event_id))
 
     def handle_undecodable(self, bad: Undecodable) -> OutcomeEvent | None:
         """Dead-letter what can be attributed to a propagation; count and skip the rest."""

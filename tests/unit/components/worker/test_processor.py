@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import orjson
@@ -22,7 +23,7 @@ from pipeline.domain.events import (
     command_event_id,
     outcome_event_id,
 )
-from pipeline.domain.handlers import ProvisionCall
+from pipeline.domain.handlers import Answered, ProvisionCall
 from pipeline.domain.registry import build_registry
 from pipeline.runtime.metrics import Metrics
 
@@ -37,14 +38,17 @@ class StubPort:
         self.calls: list[tuple[str, dict[str, str]]] = []
         self.batches: list[int] = []
 
-    async def apply(self, calls: Sequence[ProvisionCall]) -> list[ProvisionReply]:
+    async def apply(self, calls: Sequence[ProvisionCall]) -> AsyncIterator[Answered]:
+        self.record(calls)
+        yield [(i, self.reply) for i in range(len(calls))]
+
+    def record(self, calls: Sequence[ProvisionCall]) -> None:
         self.batches.append(len(calls))
         for call in calls:
-            fields: dict[str, str] = dict(call.resource)
+            fields = {k: str(v) for k, v in call.resource.items()}
             if call.target_tier is not None:
                 fields["target_tier"] = call.target_tier
             self.calls.append((call.method, fields))
-        return [self.reply] * len(calls)
 
 
 def make(
@@ -166,8 +170,9 @@ async def test_invalid_payload_is_dead_lettered_without_calling_the_provisioner(
 async def test_adapter_exception_costs_a_retry_not_the_worker() -> None:
     proc, port, _ = make(Applied())
 
-    async def boom(calls: Sequence[ProvisionCall]) -> list[ProvisionReply]:
+    async def boom(calls: Sequence[ProvisionCall]) -> AsyncIterator[Answered]:
         raise RuntimeError("adapter bug")
+        yield []  # an async generator, as the port's apply is
 
     port.apply = boom  # type: ignore[method-assign]
     event = await proc.handle(command())
@@ -224,7 +229,14 @@ async def test_an_operator_retry_restarts_the_budget_and_the_backoff() -> None:
     assert event.outcome is Outcome.DEAD_LETTERED
 
 
-async def test_a_batch_makes_one_port_call_and_keeps_its_order() -> None:
+async def _outcomes(proc: CommandProcessor, cmds: list[Command]) -> list[list[tuple[int, str]]]:
+    """What handle_many yields: per yield, (index, outcome) pairs."""
+    return [
+        [(i, e.outcome.value) for i, e in outcomes] async for outcomes in proc.handle_many(cmds)
+    ]
+
+
+async def test_a_batch_makes_one_port_call_and_answers_what_needs_no_call_first() -> None:
     proc, port, metrics = make(Applied())
     cmds = [
         command(),
@@ -232,30 +244,35 @@ async def test_a_batch_makes_one_port_call_and_keeps_its_order() -> None:
         command(kind="resource_suspend", payload={}),
         command(payload={"target_tier": 7}),
     ]
-    events = await proc.handle_many(cmds)
-    assert port.batches == [2]  # the unknown kind and the invalid payload make no call
-    assert [c[0] for c in port.calls] == ["regrade", "suspend"]
-    assert [e.outcome for e in events] == [
-        Outcome.APPLIED,
-        Outcome.RETRYING,  # an unknown kind waits for a deploy, within its budget
-        Outcome.APPLIED,
-        Outcome.DEAD_LETTERED,
+    assert await _outcomes(proc, cmds) == [
+        [(1, "retrying"), (3, "dead_lettered")],  # an unknown kind waits for a deploy
+        [(0, "applied"), (2, "applied")],
     ]
-    assert [e.kind for e in events] == [c.kind for c in cmds]
+    assert port.batches == [2]
+    assert [c[0] for c in port.calls] == ["regrade", "suspend"]
     assert (
         metrics.sample("instant_propagation_handler_seconds_count", {"kind": "tier_elevation"}),
         metrics.sample("instant_propagation_handler_seconds_count", {"kind": "resource_suspend"}),
     ) == (1.0, 1.0)
 
 
-class WrongCountPort(StubPort):
-    async def apply(self, calls: Sequence[ProvisionCall]) -> list[ProvisionReply]:
-        await super().apply(calls)
-        return [self.reply]  # one reply for any number of calls: an adapter bug
+class StreamingPort(StubPort):
+    """Answers call 1 first, then call 0 once ``later`` is set, as a provisioner that is
+    slow on one resource streams its batch."""
+
+    def __init__(self) -> None:
+        super().__init__(Applied())
+        self.later = asyncio.Event()
+
+    async def apply(self, calls: Sequence[ProvisionCall]) -> AsyncIterator[Answered]:
+        self.record(calls)
+        yield [(1, Applied())]
+        await self.later.wait()
+        yield [(0, Skipped("legacy"))]
 
 
-async def test_an_adapter_answering_the_wrong_number_of_calls_costs_a_retry() -> None:
-    port = WrongCountPort(Applied())
+async def test_replies_are_decided_as_they_arrive() -> None:
+    port = StreamingPort()
     proc = CommandProcessor(
         registry=build_registry(),
         port=port,
@@ -263,6 +280,33 @@ async def test_an_adapter_answering_the_wrong_number_of_calls_costs_a_retry() ->
         metrics=Metrics(build_registry().kinds),
         clock=lambda: NOW,
     )
-    events = await proc.handle_many([command(), command(kind="resource_suspend", payload={})])
-    assert [e.outcome for e in events] == [Outcome.RETRYING, Outcome.RETRYING]
-    assert [e.error for e in events] == ["INTERNAL: RuntimeError: 1 replies to 2 calls"] * 2
+    stream = proc.handle_many([command(), command(kind="resource_suspend", payload={})])
+    [(index, first)] = await anext(stream)
+    assert (index, first.outcome, first.kind) == (1, Outcome.APPLIED, "resource_suspend")
+    port.later.set()
+    [(index, second)] = await anext(stream)
+    assert (index, second.outcome) == (0, Outcome.UNEXPECTED_SKIP)
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
+
+
+class WrongPort(StubPort):
+    """An adapter bug: answers call 0 twice, an index that does not exist, and not call 1."""
+
+    async def apply(self, calls: Sequence[ProvisionCall]) -> AsyncIterator[Answered]:
+        self.record(calls)
+        yield [(0, Applied()), (0, Skipped("again")), (7, Applied())]
+
+
+async def test_a_call_the_adapter_leaves_unanswered_costs_a_retry_and_nothing_doubles() -> None:
+    port = WrongPort(Applied())
+    proc = CommandProcessor(
+        registry=build_registry(),
+        port=port,
+        policy=RetryPolicy(10, 1.0),
+        metrics=Metrics(build_registry().kinds),
+        clock=lambda: NOW,
+    )
+    events = [e async for out in proc.handle_many([command(), command()]) for e in out]
+    assert [(i, e.outcome) for i, e in events] == [(0, Outcome.APPLIED), (1, Outcome.RETRYING)]
+    assert events[1][1].error == "INTERNAL: RuntimeError: no reply to 1 of 2 calls"
