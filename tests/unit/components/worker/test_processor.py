@@ -52,9 +52,9 @@ class StubPort:
 
 
 def make(
-    reply: ProvisionReply, max_attempts: int = 10
+    reply: ProvisionReply, max_attempts: int = 10, port: StubPort | None = None
 ) -> tuple[CommandProcessor, StubPort, Metrics]:
-    port = StubPort(reply)
+    port = port or StubPort(reply)
     metrics = Metrics(build_registry().kinds)
     proc = CommandProcessor(
         registry=build_registry(),
@@ -273,13 +273,7 @@ class StreamingPort(StubPort):
 
 async def test_replies_are_decided_as_they_arrive() -> None:
     port = StreamingPort()
-    proc = CommandProcessor(
-        registry=build_registry(),
-        port=port,
-        policy=RetryPolicy(10, 1.0),
-        metrics=Metrics(build_registry().kinds),
-        clock=lambda: NOW,
-    )
+    proc, _, _ = make(Applied(), port=port)
     stream = proc.handle_many([command(), command(kind="resource_suspend", payload={})])
     [(index, first)] = await anext(stream)
     assert (index, first.outcome, first.kind) == (1, Outcome.APPLIED, "resource_suspend")
@@ -300,13 +294,7 @@ class WrongPort(StubPort):
 
 async def test_a_call_the_adapter_leaves_unanswered_costs_a_retry_and_nothing_doubles() -> None:
     port = WrongPort(Applied())
-    proc = CommandProcessor(
-        registry=build_registry(),
-        port=port,
-        policy=RetryPolicy(10, 1.0),
-        metrics=Metrics(build_registry().kinds),
-        clock=lambda: NOW,
-    )
+    proc, _, _ = make(Applied(), port=port)
     events = [e async for out in proc.handle_many([command(), command()]) for e in out]
     assert [(i, e.outcome) for i, e in events] == [(0, Outcome.APPLIED), (1, Outcome.RETRYING)]
     assert events[1][1].error == "INTERNAL: RuntimeError: no reply to 1 of 2 calls"
