@@ -61,7 +61,7 @@ class Config:
     partitions: int = 6
     relay_batch_size: int = 500
     relay_poll_interval: float = 1.0
-    worker_concurrency: int = 128
+    worker_concurrency: int = 512
     # Retention of the topics the pipeline creates, in ms (-1: forever). The outcome log is
     # the source the projection and every backfill are rebuilt from, so it is kept forever
     # unless bounded on purpose; a command is only needed until the worker has read it.
@@ -78,7 +78,7 @@ class Config:
     provisioner_tls_ca: str | None = None
     provisioner_tls_cert: str | None = None
     provisioner_tls_key: str | None = None
-    provisioner_batch: int = 64
+    provisioner_batch: int = 128
     data_dir: str = ".pipeline-data"
     # `pipeline ui`: read-only unless a token is set; actions need it.
     ui_host: str = "127.0.0.1"

@@ -48,6 +48,8 @@ TRIALS: dict[str, list[dict[str, int]]] = {
         {"batch_size": 10, "concurrency": 0, "grpc_batch": 0},
         {"batch_size": 100, "concurrency": 0, "grpc_batch": 0},
         {"batch_size": 100, "concurrency": 0, "grpc_batch": 64},
+        # The pipeline's own round-trip size (PIPELINE_PROVISIONER_BATCH), with dequeues to fill it.
+        {"batch_size": 200, "concurrency": 0, "grpc_batch": 128},
         # Two worker processes, as the pipeline may run two (``pipeline bench --workers``).
         {"batch_size": 100, "concurrency": 0, "grpc_batch": 64, "processes": 2},
     ],
