@@ -39,11 +39,13 @@ ON CONFLICT (event_id) DO NOTHING
 # row records where it lies on the log (first_outcome_*): a replay refolds a row only when
 # it read that position, so a row whose history retention trimmed keeps its projection.
 #
-# "Not terminal" is num_nulls(...) = 2, not "applied_at IS NULL AND failed_at IS NULL":
-# written that way it matches the predicate of the partial open-row indexes, and with the
-# statistics a burst leaves stale (the outbox looks empty) the planner hashed every open row,
-# read through such an index, for each batch: 45-65 us per folded row, most of Postgres's
-# CPU in the bench (issue 16). This form leaves the primary key, one probe per row (11 us).
+# Each row must be found by its primary key, one probe per event. Left to statistics that a
+# burst of inserts leaves stale (the outbox looks small), the planner hashed the batch and
+# read every open row for each batch instead: by a partial open-row index when "not
+# terminal" was written "applied_at IS NULL AND failed_at IS NULL", by a sequential scan
+# otherwise. 45-65 us per folded row, most of Postgres's CPU in the bench; 11-12 us per row
+# by key (issue 16). So "not terminal" is num_nulls(...) = 2, which no partial index
+# predicate matches, and FOLD_PLAN_SQL rules out the scan and the hash and merge joins.
 FOLD_SQL = """
 UPDATE pending_propagations AS p
 SET attempts = v.attempt,
@@ -69,6 +71,12 @@ WHERE p.id = v.propagation_id
   AND p.attempts < v.attempt
 RETURNING p.id
 """
+
+# One statement (the batch's transaction is pipelined); SET LOCAL's scope, the transaction.
+FOLD_PLAN_SQL = (
+    "SELECT set_config('enable_seqscan', 'off', true),"
+    " set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)"
+)
 
 # One writer per projection: the live projector and `pipeline replay` take this
 # session-level advisory lock (a projector without it waits as a hot standby).
@@ -188,6 +196,7 @@ class ProjectionStore:
                 self._conn.cursor() as cur,
             ):
                 if items:
+                    await cur.execute(FOLD_PLAN_SQL)
                     await cur.execute(INSERT_AUDIT_SQL, (audit_rows(items),))
                 for idx in rounds(items):
                     await cur.execute(FOLD_SQL, (fold_rows([items[i] for i in idx]),))
