@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 
 from pipeline.adapters.provisioner import GrpcProvisioner
+from pipeline.devtools.bench.pacing import poll_delay
 from pipeline.devtools.bench.procstats import ProcSampler
 from pipeline.domain.events import Applied
 from pipeline.runtime.config import CALL_TRIES_PER_ATTEMPT, HANDLER_DEADLINE
@@ -88,16 +89,17 @@ async def wait_applied(
     t0: float,
     limit_s: float,
     died: Callable[[], bool],
-    every_s: float,
+    floor_s: float,
 ) -> tuple[int, float]:
     """Poll until ``count`` jobs are applied, a worker process died or ``limit_s`` passed since
-    ``t0`` (perf_counter, taken before the enqueue): the jobs applied, the seconds since ``t0``."""
+    ``t0`` (perf_counter, taken before the enqueue): the jobs applied, the seconds since ``t0``.
+    Paced as the pipeline's count is (``pacing``), from ``floor_s``."""
     applied = 0
-    while time.perf_counter() - t0 < limit_s:
+    while (elapsed := time.perf_counter() - t0) < limit_s:
         applied = await applied_now()
         if applied >= count or died():
             break
-        await asyncio.sleep(every_s)
+        await asyncio.sleep(poll_delay(applied, count, elapsed, floor_s))
     return applied, time.perf_counter() - t0
 
 
@@ -156,7 +158,7 @@ async def run_trial(
                 t0,
                 limit_s,
                 lambda: any(proc.poll() is not None for proc in procs),
-                every_s=0.05,
+                floor_s=0.05,
             )
         sampler.end_phase()
         await sampler.stop()

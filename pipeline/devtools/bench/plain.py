@@ -95,7 +95,7 @@ async def run_trial(
                 t0,
                 limit_s,
                 lambda: any(p.poll() is not None for p in procs.values()),
-                every_s=0.02,
+                floor_s=0.02,
             )
         sampler.end_phase()
         await sampler.stop()

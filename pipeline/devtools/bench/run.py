@@ -22,12 +22,12 @@ import psycopg
 from pipeline.devtools.bench import peers as peers_mod
 from pipeline.devtools.bench import plain, profile, raw, steady
 from pipeline.devtools.bench.components import Components, Stack
+from pipeline.devtools.bench.pacing import poll_delay
 from pipeline.devtools.bench.procstats import ProcSampler
 from pipeline.domain.errors import PipelineError
 from pipeline.store import bench as store
 from pipeline.store.migrate import migrate
 
-POLL = 0.05
 # The bench starts a new broker. With 50 warm-up rows, Kafka's JIT compiler threads were half
 # of the broker's CPU in the first seconds of the saturation phase (per-thread CPU from
 # /proc): the bench measured a cold JVM that no production broker is. 10,000 rows warm it.
@@ -71,7 +71,7 @@ async def _wait_done(
                     + comps.logs()
                 )
             comps.check()
-            await asyncio.sleep(POLL)
+            await asyncio.sleep(poll_delay(applied + failed, n, now - t0))
 
 
 def _span(a: datetime | None, b: datetime | None) -> float:

@@ -1,5 +1,6 @@
 import pytest
 
+from pipeline.devtools.bench.pacing import poll_delay
 from pipeline.devtools.bench.steady import flatness
 from pipeline.store.bench import percentiles
 
@@ -33,3 +34,18 @@ def test_percentiles_nearest_rank(
 ) -> None:
     p = percentiles(values)
     assert (p.p50, p.p95, p.p99, p.max, p.samples) == expected
+
+
+@pytest.mark.parametrize(
+    ("done", "total", "elapsed", "expected"),
+    [
+        (0, 20_000, 0.4, 0.05),  # nothing done yet: at the floor, to catch the start
+        (2_000, 20_000, 0.5, 0.25),  # 4.5 s to go: at the ceiling
+        (16_000, 20_000, 3.2, 0.25),  # 0.8 s to go: half of it, capped
+        (19_000, 20_000, 3.8, 0.1),  # 0.2 s to go: half of it
+        (19_900, 20_000, 3.98, 0.05),  # nearly done: at the floor, to catch the end
+        (20_000, 20_000, 4.0, 0.05),
+    ],
+)
+def test_poll_delay(done: int, total: int, elapsed: float, expected: float) -> None:
+    assert poll_delay(done, total, elapsed) == pytest.approx(expected)
