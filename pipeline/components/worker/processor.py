@@ -82,18 +82,19 @@ class CommandProcessor:
                     continue
                 self._metrics.record_invalid("schema_violation", self._topic)
                 decision = decide_invalid(problem)
-            ready.append((i, self._stamped(cmd, decision, now)))
+            ready.append((i, self._stamped(cmd, decision, now, iso(now))))
         if ready:
             yield ready
         if not calls:
             return
         async for answered in self._apply(calls, [cmds[i].kind for i, _ in called]):
             after = self._clock()  # after the call: a retry counts from its end
+            at = iso(after)
             outcomes: Outcomes = []
             for j, reply in answered:
                 i, handler = called[j]
                 decision = handler.decide(cmds[i], reply, after, self._policy)
-                outcomes.append((i, self._stamped(cmds[i], decision, after)))
+                outcomes.append((i, self._stamped(cmds[i], decision, after, at)))
             yield outcomes
 
     async def _apply(self, calls: list[ProvisionCall], kinds: list[str]) -> AsyncIterator[Answered]:
@@ -123,9 +124,19 @@ class CommandProcessor:
             for _ in range(n):
                 observe(elapsed)
 
-    def _stamped(self, cmd: Command, decision: Decision, now: datetime) -> OutcomeEvent:
-        # one reading of the clock per outcome: occurred_at and next_attempt_at agree
-        return self._emit(_stamp(cmd.to_dict(), decision, now, cmd.event_id))
+    def _stamped(self, cmd: Command, decision: Decision, now: datetime, at: str) -> OutcomeEvent:
+        # one reading of the clock per outcome (``at`` is ``now`` in ISO form, once per lot):
+        # occurred_at and next_attempt_at agree
+        return self._emit(
+            _stamp(
+                cmd.propagation_id,
+                cmd.attempt,
+                (cmd.kind, cmd.team_id, cmd.resource_type, cmd.resource_id),
+                decision,
+                at,
+                cmd.event_id,
+            )
+        )
 
     def handle_undecodable(self, bad: Undecodable) -> OutcomeEvent | None:
         """Dead-letter what can be attributed to a propagation; count and skip the rest."""
@@ -133,10 +144,14 @@ class CommandProcessor:
         if bad.propagation_id is None:
             logs.event(_log, "invalid_command_skipped", reason=bad.reason, detail=bad.detail)
             return None
-        fields = dict(bad.fields or {})
-        fields["propagation_id"] = bad.propagation_id
+        fields = bad.fields or {}
+        attempt = fields.get("attempt")
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+            attempt = 1
+        names = tuple(_text(fields, n) for n in ("kind", "team_id", "resource_type", "resource_id"))
         decision = decide_invalid(f"{bad.reason}: {bad.detail}")
-        return self._emit(_stamp(fields, decision, self._clock(), None))
+        at = iso(self._clock())
+        return self._emit(_stamp(bad.propagation_id, attempt, names, decision, at, None))
 
     def _emit(self, event: OutcomeEvent) -> OutcomeEvent:
         self._metrics.record_outcome(event)
@@ -158,23 +173,25 @@ def _text(fields: dict[str, Any], name: str) -> str:
 
 
 def _stamp(
-    fields: dict[str, Any], d: Decision, now: datetime, command_event_id: str | None
+    pid: int,
+    attempt: int,
+    names: tuple[str, ...],
+    d: Decision,
+    at: str,
+    command_event_id: str | None,
 ) -> OutcomeEvent:
-    pid = int(fields["propagation_id"])
-    attempt = fields.get("attempt")
-    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
-        attempt = 1
+    kind, team_id, resource_type, resource_id = names
     return OutcomeEvent(
         event_id=outcome_event_id(pid, attempt),
         propagation_id=pid,
-        kind=_text(fields, "kind")[:128],
+        kind=kind[:128],
         attempt=attempt,
-        team_id=_text(fields, "team_id"),
-        resource_type=_text(fields, "resource_type"),
-        resource_id=_text(fields, "resource_id"),
-        timestamp=iso(now),
+        team_id=team_id[:256],
+        resource_type=resource_type[:256],
+        resource_id=resource_id[:256],
+        timestamp=at,
         outcome=d.outcome,
-        occurred_at=iso(now),
+        occurred_at=at,
         skip_reason=d.skip_reason[:2048] if d.skip_reason else None,
         skip_reason_bucket=d.skip_reason_bucket,
         error=d.error[:4096] if d.error else None,
