@@ -139,8 +139,8 @@ class WorkerApp:
         logs.event(_log, event, logging.DEBUG, **fields)
 
     async def process(self, stream: Any) -> None:
-        # A batch is the unit of work: one task, one provisioner round trip and one wait for
-        # the producer's acks for all its commands (issue 16). take_events acknowledges a
+        # A batch is the unit of work: one task and one batch of provisioner calls for all its
+        # commands, not a task and futures each (issue 16). take_events acknowledges a
         # batch itself when it takes the next; AckGuard refuses those acks, and the lanes
         # acknowledge each command once its outcome is produced.
         batches = stream.noack().take_events(self.take_size, TAKE_WITHIN_S)
