@@ -214,17 +214,21 @@ class WorkerApp:
             else:
                 todo.append(decoded)
         # Outcomes go out as their replies arrive: one slow provisioner call does not hold
-        # back the others' (their acks wait for it, as offset order requires).
+        # back the others' (their acks wait for it, as offset order requires). A lot does not
+        # wait for the broker's ack of the one before: with single calls, replies come one
+        # by one, and waiting made each outcome pay a produce round trip in turn.
+        sending: list[asyncio.Future[None]] = []
         if todo:
             async for outcomes in proc.handle_many(todo):
                 for i, event in outcomes:
                     body = codec.encode_validated(event)
                     remember(self.seen, todo[i].propagation_id, todo[i].attempt, body)
                     records.append((event.key.encode(), body))
-                await self.outcome_sender.send_many(records)
+                sending.append(asyncio.ensure_future(self.outcome_sender.send_many(records)))
                 records = []
         if records:
-            await self.outcome_sender.send_many(records)
+            sending.append(asyncio.ensure_future(self.outcome_sender.send_many(records)))
+        await asyncio.gather(*sending)
 
     async def restart_for_gap(self, partition: int, expected: int | None, got: int) -> None:
         # faust dropped offsets before this one (its pause-time skip) and a seek does not
