@@ -139,7 +139,14 @@ class GrpcProvisioner:
         self._stub: Any = None
         self._closed = False
         self._batch = batch
-        self._batcher = Coalescer(self._batch_rpc, batch, batches_in_flight) if batch > 0 else None
+        # Set once, by _batch_rpc, when the provisioner answers ApplyBatch with UNIMPLEMENTED;
+        # apply and the coalescer both read it.
+        self._apply_batch_refused = False
+        self._batcher = (
+            Coalescer(self._batch_rpc, self._refused, batch, batches_in_flight)
+            if batch > 0
+            else None
+        )
 
     def _get_stub(self) -> Any:
         # Created lazily, inside the running loop: a grpc.aio channel is bound to the event
@@ -192,7 +199,7 @@ class GrpcProvisioner:
             yield [(j, _CLOSED) for j in range(len(requests))]
             return
         queue: asyncio.Queue[Answered] = asyncio.Queue()
-        if self._batcher is not None and not self._batcher.unsupported:
+        if self._batch > 0 and not self._refused():
             size = self._batch
             parts = [range(i, min(i + size, len(requests))) for i in range(0, len(requests), size)]
             jobs = [self._apply_chunk(requests, part, queue.put_nowait) for part in parts]
@@ -231,8 +238,6 @@ class GrpcProvisioner:
         if not left:
             return
         if rest is None:  # no ApplyBatch here: one RPC per call, now and from now on
-            if self._batcher is not None:
-                self._batcher.unsupported = True
             await self._apply_singles(requests, left, put)
         else:
             put([(j, rest) for j in left])
@@ -258,7 +263,7 @@ class GrpcProvisioner:
     async def _once(self, method: str, request: Any) -> ProvisionReply:
         if self._closed:
             return _CLOSED
-        if self._batcher is not None and not self._batcher.unsupported:
+        if self._batcher is not None and not self._refused():
             item = pb.BatchItem(**{_BATCH_FIELDS[method]: request})
             batched = await self._batcher.call(item)
             if batched is not None:
@@ -281,6 +286,9 @@ class GrpcProvisioner:
             return Applied()
         return Skipped(reply.skip_reason or "no reason given")
 
+    def _refused(self) -> bool:
+        return self._apply_batch_refused
+
     async def _batch_rpc(
         self, items: list[Any], deliver: Callable[[Answered], None]
     ) -> ProvisionReply | None:
@@ -301,6 +309,7 @@ class GrpcProvisioner:
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code is grpc.StatusCode.UNIMPLEMENTED and not answered:
+                self._apply_batch_refused = True
                 return None
             return CallFailed(code.name, exc.details() or "", code in RETRYABLE_CODES)
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):

@@ -31,15 +31,17 @@ class Coalescer:
 
     SLOT_HOLD_S = 0.02
 
-    def __init__(self, rpc: BatchRpc, max_items: int, max_in_flight: int) -> None:
+    def __init__(
+        self, rpc: BatchRpc, refused: Callable[[], bool], max_items: int, max_in_flight: int
+    ) -> None:
         self._rpc = rpc
+        self._refused = refused  # the owner's record that the provisioner has no ApplyBatch
         self._max_items = max_items
         self._max_in_flight = max_in_flight
         self._queue: list[tuple[Any, asyncio.Future[ProvisionReply | None]]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Future[None]] = set()
         self._pump_due = False
-        self.unsupported = False
 
     async def call(self, item: Any) -> ProvisionReply | None:
         """The item's reply; None when the provisioner has no ApplyBatch (use single calls)."""
@@ -54,7 +56,7 @@ class Coalescer:
 
     def _pump(self) -> None:
         self._pump_due = False
-        if self.unsupported:
+        if self._refused():
             queued, self._queue = self._queue, []
             for _, fut in queued:
                 if not fut.done():
@@ -95,8 +97,6 @@ class Coalescer:
             raise
         finally:
             timer.cancel()
-        if rest is None:
-            self.unsupported = True
         for _, fut in batch:
             if not fut.done():
                 fut.set_result(rest)

@@ -82,7 +82,7 @@ class CommandProcessor:
                     continue
                 self._metrics.record_invalid("schema_violation", self._topic)
                 decision = decide_invalid(problem)
-            ready.append((i, self._stamped(cmd, decision, now, iso(now))))
+            ready.append((i, self._stamped(cmd, decision, iso(now))))
         if ready:
             yield ready
         if not calls:
@@ -94,7 +94,7 @@ class CommandProcessor:
             for j, reply in answered:
                 i, handler = called[j]
                 decision = handler.decide(cmds[i], reply, after, self._policy)
-                outcomes.append((i, self._stamped(cmds[i], decision, after, at)))
+                outcomes.append((i, self._stamped(cmds[i], decision, at)))
             yield outcomes
 
     async def _apply(self, calls: list[ProvisionCall], kinds: list[str]) -> AsyncIterator[Answered]:
@@ -124,9 +124,9 @@ class CommandProcessor:
             for _ in range(n):
                 observe(elapsed)
 
-    def _stamped(self, cmd: Command, decision: Decision, now: datetime, at: str) -> OutcomeEvent:
-        # one reading of the clock per outcome (``at`` is ``now`` in ISO form, once per lot):
-        # occurred_at and next_attempt_at agree
+    def _stamped(self, cmd: Command, decision: Decision, at: str) -> OutcomeEvent:
+        # one reading of the clock per lot (``at``, the time the decision was made at, in ISO
+        # form): occurred_at and next_attempt_at agree
         return self._emit(
             _stamp(
                 cmd.propagation_id,
