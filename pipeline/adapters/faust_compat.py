@@ -7,6 +7,7 @@ upgrade moves or renames one, so an upgrade is checked here and nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import signal
 from collections.abc import Callable, Generator
@@ -76,15 +77,51 @@ def deliver_eagerly(consumer: Any) -> None:
                 waiting_on = delivery.send(None)
             except StopIteration as done:
                 flow.close()
+                await _held(consumer, original, suspend_flow)
                 return WaitResults([delivery], [done.value], False)
             except BaseException:
                 flow.close()
                 raise
-            return await original(_Resumed(delivery, waiting_on), flow)
+            results = await original(_Resumed(delivery, waiting_on), flow)
+            await _held(consumer, original, suspend_flow)
+            return results
         return await original(*coros, timeout=timeout)
 
     consumer.wait_first = wait_first
     consumer._pipeline_eager_delivery = True
+
+
+def hold_delivery_under_pressure(consumer: Any, queue: Any) -> None:
+    """Hold faust's drain loop while ``queue`` (a stream's buffer) is under pressure, so the
+    fetch is never parked on a partial set of partitions.
+
+    faust's back-pressure takes a partition whose stream buffer is past the high mark out of
+    ``Consumer._active_partitions`` (``on_buffer_full``) and puts it back when the buffer
+    drains (``on_buffer_drop``). The drain loop meanwhile asks for the next records: the
+    consumer thread's ``Fetcher.fetched_records`` then waits on the remaining partitions with
+    the 1 s timeout ``_drain_messages`` hard-codes, and putting a partition back does not
+    wake it (aiokafka fetches nothing more for a partition with records buffered, so no new
+    records arrive to wake it); with every partition out, faust sleeps a second instead. At
+    a burst the worker then did nothing for up to a second each time its buffer filled
+    (issue 16). Held here, the loop asks for more only after the buffer has drained and
+    every partition is back. faust's own partition bookkeeping is left as it is.
+
+    Uses mode's ``FlowControlQueue.on_pressure_high``/``on_pressure_drop`` hooks (no-ops
+    there, called as the buffer crosses its high and low marks) and works through
+    :func:`deliver_eagerly`'s ``wait_first``. A hold ends early when flow is suspended (a
+    rebalance), as faust's own delivery wait does.
+    """
+    gate = asyncio.Event()
+    gate.set()
+    queue.on_pressure_high = gate.clear
+    queue.on_pressure_drop = gate.set
+    consumer._pipeline_pressure_gate = gate
+
+
+async def _held(consumer: Any, original: Any, suspend_flow: Any) -> None:
+    gate: asyncio.Event | None = getattr(consumer, "_pipeline_pressure_gate", None)
+    if gate is not None and not gate.is_set() and not suspend_flow.is_set():
+        await original(gate.wait(), suspend_flow.wait())
 
 
 class _Resumed:

@@ -24,7 +24,11 @@ from typing import Any, NoReturn
 
 import faust
 
-from pipeline.adapters.faust_compat import deliver_eagerly, set_fetch_max_wait
+from pipeline.adapters.faust_compat import (
+    deliver_eagerly,
+    hold_delivery_under_pressure,
+    set_fetch_max_wait,
+)
 from pipeline.adapters.replication import Replication
 from pipeline.components.worker.ack_guard import AckGuard
 from pipeline.components.worker.faust_app import new_faust_app
@@ -143,6 +147,8 @@ class WorkerApp:
         # commands, not a task and futures each (issue 16). take_events acknowledges a
         # batch itself when it takes the next; AckGuard refuses those acks, and the lanes
         # acknowledge each command once its outcome is produced.
+        # A full buffer holds faust's fetch loop instead of parking its fetch (issue 16).
+        hold_delivery_under_pressure(self.app.consumer, stream.channel.queue)
         batches = stream.noack().take_events(self.take_size, TAKE_WITHIN_S)
         async for batch in batches:
             entries: list[Entry] = []

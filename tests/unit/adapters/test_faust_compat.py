@@ -204,6 +204,108 @@ async def test_a_failing_delivery_raises_from_wait_first(app: faust.App) -> None
         await consumer.wait_first(deliver(), consumer.suspend_flow.wait())
 
 
+# --- hold_delivery_under_pressure -----------------------------------------------------------
+
+
+def test_fausts_conductor_puts_into_the_channel_queue_with_the_pressure_callbacks() -> None:
+    from faust.transport import conductor
+
+    source = " ".join(inspect.getsource(conductor.ConductorCompiler.build).split())
+    assert "queue = chan.queue" in source
+    assert "queue.put_nowait_enhanced( event, on_pressure_high=on_pressure_high," in source
+    # and why the hold is needed: faust's remedy drops the partition from the next fetch
+    full = " ".join(inspect.getsource(faust_consumer.Consumer.on_buffer_full).split())
+    assert "active_partitions.discard(tp)" in full
+
+
+class Partition:
+    def high(self) -> None:
+        pass
+
+    def drop(self) -> None:
+        pass
+
+
+ONE_PARTITION = Partition()
+
+
+async def test_modes_queue_calls_its_pressure_hooks_at_the_high_and_low_marks(
+    app: faust.App,
+) -> None:
+    queue = app.FlowControlQueue(maxsize=10)  # high mark 8 (10 / 1.25), low mark 4 (10 * 0.4)
+    calls: list[tuple[str, int]] = []
+    queue.on_pressure_high = lambda: calls.append(("high", queue.qsize()))
+    queue.on_pressure_drop = lambda: calls.append(("drop", queue.qsize()))
+    partition = Partition()  # the conductor's callbacks for one partition
+    for i in range(10):
+        queue.put_nowait_enhanced(
+            i, on_pressure_high=partition.high, on_pressure_drop=partition.drop
+        )
+    assert calls == [("high", 8)]  # once per partition until the drop
+    for _ in range(6):  # a get looks at the size before it takes
+        queue.get_nowait()
+    assert calls == [("high", 8)]
+    queue.get_nowait()
+    assert calls == [("high", 8), ("drop", 4)]
+
+
+def pressing(queue: Any, value: int) -> Any:
+    """A delivery as the conductor makes it: the value into the stream's buffer."""
+
+    async def deliver() -> int:
+        p = ONE_PARTITION
+        queue.put_nowait_enhanced(value, on_pressure_high=p.high, on_pressure_drop=p.drop)
+        return value
+
+    return deliver()
+
+
+async def test_a_delivery_that_fills_the_buffer_holds_the_loop_until_it_drains(
+    app: faust.App,
+) -> None:
+    consumer = app.consumer
+    faust_compat.deliver_eagerly(consumer)
+    queue = app.FlowControlQueue(maxsize=10)
+    faust_compat.hold_delivery_under_pressure(consumer, queue)
+    for i in range(8):  # below the high mark: each returns at once
+        done = await asyncio.wait_for(
+            consumer.wait_first(pressing(queue, i), consumer.suspend_flow.wait()), 1
+        )
+        assert done.results == [i]
+    ninth = asyncio.ensure_future(
+        consumer.wait_first(pressing(queue, 8), consumer.suspend_flow.wait())
+    )
+    await asyncio.sleep(0.01)
+    assert queue.qsize() == 9 and not ninth.done()  # delivered, and the loop held
+    for _ in range(5):
+        queue.get_nowait()
+        await asyncio.sleep(0)
+    assert queue.qsize() == 4 and not ninth.done()  # no get has seen the low mark yet
+    queue.get_nowait()
+    result = await asyncio.wait_for(ninth, 1)
+    assert result.results == [8]
+
+
+async def test_a_hold_ends_when_flow_is_suspended(app: faust.App) -> None:
+    consumer = app.consumer
+    faust_compat.deliver_eagerly(consumer)
+    queue = app.FlowControlQueue(maxsize=10)
+    faust_compat.hold_delivery_under_pressure(consumer, queue)
+    for i in range(8):
+        await consumer.wait_first(pressing(queue, i), consumer.suspend_flow.wait())
+    held = asyncio.ensure_future(
+        consumer.wait_first(pressing(queue, 8), consumer.suspend_flow.wait())
+    )
+    await asyncio.sleep(0.01)
+    assert not held.done()
+    consumer.suspend_flow.set()
+    try:
+        result = await asyncio.wait_for(held, 1)
+    finally:
+        consumer.suspend_flow.clear()
+    assert result.results == [8] and queue.qsize() == 9  # a rebalance clears the buffer
+
+
 # --- set_fetch_max_wait ----------------------------------------------------------------------
 
 
