@@ -111,6 +111,9 @@ def hold_delivery_under_pressure(consumer: Any, queue: Any) -> None:
     :func:`deliver_eagerly`'s ``wait_first``. A hold ends early when flow is suspended (a
     rebalance), as faust's own delivery wait does.
     """
+    previous: asyncio.Event | None = getattr(consumer, "_pipeline_pressure_gate", None)
+    if previous is not None:
+        previous.set()  # a loop held on an agent's old buffer goes on
     gate = asyncio.Event()
     gate.set()
     queue.on_pressure_high = gate.clear

@@ -306,6 +306,23 @@ async def test_a_hold_ends_when_flow_is_suspended(app: faust.App) -> None:
     assert result.results == [8] and queue.qsize() == 9  # a rebalance clears the buffer
 
 
+async def test_a_new_buffer_releases_a_loop_held_on_the_old_one(app: faust.App) -> None:
+    consumer = app.consumer
+    faust_compat.deliver_eagerly(consumer)
+    old = app.FlowControlQueue(maxsize=10)
+    faust_compat.hold_delivery_under_pressure(consumer, old)
+    for i in range(8):
+        await consumer.wait_first(pressing(old, i), consumer.suspend_flow.wait())
+    held = asyncio.ensure_future(
+        consumer.wait_first(pressing(old, 8), consumer.suspend_flow.wait())
+    )
+    await asyncio.sleep(0.01)
+    assert not held.done()
+    faust_compat.hold_delivery_under_pressure(consumer, app.FlowControlQueue(maxsize=10))
+    result = await asyncio.wait_for(held, 1)  # an agent restarted with a buffer of its own
+    assert result.results == [8]
+
+
 # --- set_fetch_max_wait ----------------------------------------------------------------------
 
 
