@@ -91,7 +91,9 @@ def deliver_eagerly(consumer: Any) -> None:
     consumer._pipeline_eager_delivery = True
 
 
-def hold_delivery_under_pressure(consumer: Any, queue: Any) -> None:
+def hold_delivery_under_pressure(
+    consumer: Any, queue: Any, on_hold: Callable[[], None] = lambda: None
+) -> None:
     """Hold faust's drain loop while ``queue`` (a stream's buffer) is under pressure, so the
     fetch is never parked on a partial set of partitions.
 
@@ -109,14 +111,20 @@ def hold_delivery_under_pressure(consumer: Any, queue: Any) -> None:
     Uses mode's ``FlowControlQueue.on_pressure_high``/``on_pressure_drop`` hooks (no-ops
     there, called as the buffer crosses its high and low marks) and works through
     :func:`deliver_eagerly`'s ``wait_first``. A hold ends early when flow is suspended (a
-    rebalance), as faust's own delivery wait does.
+    rebalance), as faust's own delivery wait does. ``on_hold()`` runs once per hold.
     """
     previous: asyncio.Event | None = getattr(consumer, "_pipeline_pressure_gate", None)
     if previous is not None:
         previous.set()  # a loop held on an agent's old buffer goes on
     gate = asyncio.Event()
     gate.set()
-    queue.on_pressure_high = gate.clear
+
+    def high() -> None:  # called for each partition that delivers past the high mark
+        if gate.is_set():
+            gate.clear()
+            on_hold()
+
+    queue.on_pressure_high = high
     queue.on_pressure_drop = gate.set
     consumer._pipeline_pressure_gate = gate
 

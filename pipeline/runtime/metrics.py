@@ -161,6 +161,12 @@ class Metrics:
             ["group", "topic", "partition"],
             registry=r,
         )
+        self.buffer_holds = Counter(
+            "instant_propagation_worker_buffer_holds_total",
+            "Times the worker stopped fetching until its stream buffer drained: commands"
+            " arrive faster than it finishes them.",
+            registry=r,
+        )
         # Production Kafka (issue 12). Topic labels are the pipeline's own topic names.
         self.topic_under_replicated = Gauge(
             "instant_propagation_topic_under_replicated",

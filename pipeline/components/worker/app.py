@@ -148,7 +148,9 @@ class WorkerApp:
         # batch itself when it takes the next; AckGuard refuses those acks, and the lanes
         # acknowledge each command once its outcome is produced.
         # A full buffer holds faust's fetch loop instead of parking its fetch (issue 16).
-        hold_delivery_under_pressure(self.app.consumer, stream.channel.queue)
+        hold_delivery_under_pressure(
+            self.app.consumer, stream.channel.queue, self.metrics.buffer_holds.inc
+        )
         batches = stream.noack().take_events(self.take_size, TAKE_WITHIN_S)
         async for batch in batches:
             entries: list[Entry] = []

@@ -266,7 +266,8 @@ async def test_a_delivery_that_fills_the_buffer_holds_the_loop_until_it_drains(
     consumer = app.consumer
     faust_compat.deliver_eagerly(consumer)
     queue = app.FlowControlQueue(maxsize=10)
-    faust_compat.hold_delivery_under_pressure(consumer, queue)
+    holds: list[int] = []
+    faust_compat.hold_delivery_under_pressure(consumer, queue, lambda: holds.append(queue.qsize()))
     for i in range(8):  # below the high mark: each returns at once
         done = await asyncio.wait_for(
             consumer.wait_first(pressing(queue, i), consumer.suspend_flow.wait()), 1
@@ -277,6 +278,9 @@ async def test_a_delivery_that_fills_the_buffer_holds_the_loop_until_it_drains(
     )
     await asyncio.sleep(0.01)
     assert queue.qsize() == 9 and not ninth.done()  # delivered, and the loop held
+    assert holds == [8]  # counted once, as the delivery crossed the high mark
+    queue.on_pressure_high()  # another partition's delivery past the mark: the same hold
+    assert holds == [8]
     for _ in range(5):
         queue.get_nowait()
         await asyncio.sleep(0)
@@ -284,6 +288,7 @@ async def test_a_delivery_that_fills_the_buffer_holds_the_loop_until_it_drains(
     queue.get_nowait()
     result = await asyncio.wait_for(ninth, 1)
     assert result.results == [8]
+    assert holds == [8]
 
 
 async def test_a_hold_ends_when_flow_is_suspended(app: faust.App) -> None:
