@@ -41,13 +41,12 @@ from pipeline.components.worker.progress import (
     PartitionView,
     stalled_partitions,
 )
-from pipeline.components.worker.recall import recall, recorded, remember
+from pipeline.components.worker.recall import recall
+from pipeline.components.worker.rounds import Rounds
 from pipeline.components.worker.seen import BoundedDict
 from pipeline.components.worker.sequencer import Admit, Sequencer
 from pipeline.components.worker.shutdown import BoundedStopWorker, exit_not_drained
-from pipeline.domain import codec
-from pipeline.domain.decide import RetryPolicy, dedupe_action
-from pipeline.domain.events import Command
+from pipeline.domain.decide import RetryPolicy
 from pipeline.domain.handlers import ProvisionerPort
 from pipeline.domain.registry import build_registry
 from pipeline.runtime import logs
@@ -109,6 +108,7 @@ class WorkerApp:
         self._port: ProvisionerPort | None = None
         self._processor: CommandProcessor | None = None
         self._debug = _log.isEnabledFor(logging.DEBUG)
+        self.rounds = Rounds(self.processor, self.seen, self.metrics, self.outcome_sender)
         self._wire(commands, health)
 
     def _wire(self, commands: Any, health: Health | None) -> None:
@@ -170,12 +170,8 @@ class WorkerApp:
                 rounds[k].append(event.value)
                 entries.append((key, msg.partition, functools.partial(self.guard.ack, event)))
             if entries:
-                work = functools.partial(self.run_rounds, rounds)
+                work = functools.partial(self.rounds.run, rounds)
                 await self.lanes.submit_batch(entries, work)
-
-    async def run_rounds(self, rounds: list[list[bytes | None]]) -> None:
-        for commands in rounds:
-            await self.on_commands(commands)
 
     async def admit(self, partition: int, offset: int) -> bool:
         if self._debug:  # the check first: the hot path builds no fields when off
@@ -189,54 +185,6 @@ class WorkerApp:
         if verdict is Admit.SEEK:
             await self.restart_for_gap(partition, self.sequencer.seek_to, offset)
         return False
-
-    async def on_commands(self, raws: list[bytes | None]) -> None:
-        """Outcomes for commands of distinct resources: one batch of provisioner calls, and
-        the outcomes produced (and acknowledged by the broker) as the replies arrive."""
-        proc = self.processor()
-        records: list[tuple[bytes, bytes]] = []
-        todo: list[Command] = []
-        for raw in raws:
-            decoded = proc.decode(raw)
-            if isinstance(decoded, codec.Undecodable):
-                bad = proc.handle_undecodable(decoded)
-                if bad is not None:
-                    records.append((bad.key.encode(), codec.encode(bad)))
-                continue
-            prior = recorded(self.seen, decoded.propagation_id)
-            action = dedupe_action(prior[0] if prior else None, decoded.attempt)
-            if self._debug:
-                self._trace(
-                    "command_seen",
-                    propagation_id=decoded.propagation_id,
-                    attempt=decoded.attempt,
-                    action=action,
-                )
-            if action == "drop":
-                self.metrics.duplicates.labels("processor").inc()
-            elif action == "reemit" and prior is not None:
-                # Same attempt again (redelivery or rescue): emit the recorded outcome with its
-                # event_id instead of calling the provisioner a second time.
-                self.metrics.duplicates.labels("processor").inc()
-                records.append((decoded.key.encode(), prior[1]))
-            else:
-                todo.append(decoded)
-        # Outcomes go out as their replies arrive: one slow provisioner call does not hold
-        # back the others' (their acks wait for it, as offset order requires). A lot does not
-        # wait for the broker's ack of the one before: with single calls, replies come one
-        # by one, and waiting made each outcome pay a produce round trip in turn.
-        sending: list[asyncio.Future[None]] = []
-        if todo:
-            async for outcomes in proc.handle_many(todo):
-                for i, event in outcomes:
-                    body = codec.encode_validated(event)
-                    remember(self.seen, todo[i].propagation_id, todo[i].attempt, body)
-                    records.append((event.key.encode(), body))
-                sending.append(asyncio.ensure_future(self.outcome_sender.send_many(records)))
-                records = []
-        if records:
-            sending.append(asyncio.ensure_future(self.outcome_sender.send_many(records)))
-        await asyncio.gather(*sending)
 
     async def restart_for_gap(self, partition: int, expected: int | None, got: int) -> None:
         # faust dropped offsets before this one (its pause-time skip) and a seek does not

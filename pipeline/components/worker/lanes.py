@@ -21,6 +21,8 @@ from typing import Any
 
 # One command of a unit: its key (one resource), its partition, and its acknowledgement.
 Entry = tuple[Hashable, Hashable, Callable[[], Any]]
+# Gives back slots of a unit that is still running: ``release(k)`` as k of its commands end.
+Release = Callable[[int], None]
 
 
 class OrderedLanes:
@@ -58,17 +60,19 @@ class OrderedLanes:
         ack: Callable[[], Any],
     ) -> None:
         """One command: ``submit_batch`` of one."""
-        await self.submit_batch([(key, partition, ack)], work)
+        await self.submit_batch([(key, partition, ack)], lambda release: work())
 
     async def submit_batch(
-        self, entries: Sequence[Entry], work: Callable[[], Awaitable[None]]
+        self, entries: Sequence[Entry], work: Callable[[Release], Awaitable[None]]
     ) -> None:
-        """Start ``work`` for ``entries`` after the earlier units of each of their keys; each
-        entry's ack runs in its partition's order once ``work`` is done. Order within the
-        unit is ``work``'s to keep.
+        """Start ``work(release)`` for ``entries`` after the earlier units of each of their
+        keys; each entry's ack runs in its partition's order once ``work`` is done. Order
+        within the unit is ``work``'s to keep.
 
         Waits for free slots first (a unit larger than ``limit`` waits until nothing else
-        runs): that is the worker's back-pressure.
+        runs): that is the worker's back-pressure. A unit's slots come back when it ends, or
+        earlier through ``release(k)`` as its commands finish: a unit with one hung
+        provisioner call then holds one slot, not one per command (acks still wait for it).
         """
         n = len(entries)
         while self._free < n and self._free < self._limit:
@@ -76,8 +80,18 @@ class OrderedLanes:
                 self._wake = asyncio.get_running_loop().create_future()
             await asyncio.wait([self._wake])  # a cancelled waiter leaves the future alone
         self._free -= n
+        held = [n]
+
+        def release(k: int) -> None:
+            k = min(k, held[0])  # never more than the unit took
+            if k > 0:
+                held[0] -= k
+                self._free += k
+                if self._wake is not None and not self._wake.done():
+                    self._wake.set_result(None)
+
         previous = {t for t in (self._tails.get(key) for key, _, _ in entries) if t is not None}
-        task = asyncio.ensure_future(self._run(previous, work))
+        task = asyncio.ensure_future(self._run(previous, work, release))
         self._in_flight.add(task)
         for key, partition, ack in entries:
             self._tails[key] = task
@@ -85,21 +99,22 @@ class OrderedLanes:
             if queue is None:
                 queue = self._pending[partition] = deque()
             queue.append((task, ack))
-        task.add_done_callback(lambda t: self._done(t, entries))
+        task.add_done_callback(lambda t: self._done(t, entries, release))
 
     async def _run(
-        self, previous: set[asyncio.Future[None]], work: Callable[[], Awaitable[None]]
+        self,
+        previous: set[asyncio.Future[None]],
+        work: Callable[[Release], Awaitable[None]],
+        release: Release,
     ) -> None:
         waiting = [p for p in previous if not p.done()]
         if waiting:
             # The earlier work of a key failing is the worker's crash, not ours.
             await asyncio.wait(waiting)
-        await work()
+        await work(release)
 
-    def _done(self, task: asyncio.Future[None], entries: Sequence[Entry]) -> None:
-        self._free += len(entries)
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
+    def _done(self, task: asyncio.Future[None], entries: Sequence[Entry], release: Release) -> None:
+        release(len(entries))  # what the unit did not give back itself
         self._in_flight.discard(task)
         for key, _, _ in entries:
             if self._tails.get(key) is task:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -143,3 +144,48 @@ async def test_a_failed_command_is_never_acknowledged_nor_anything_after_it() ->
 def test_limit_must_be_positive() -> None:
     with pytest.raises(ValueError):
         OrderedLanes(0, _noop_error)
+
+
+async def test_a_unit_gives_back_the_slots_of_its_finished_commands() -> None:
+    lanes = OrderedLanes(limit=4, on_error=_noop_error)
+    hung: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    acked: list[str] = []
+
+    async def three_answered_one_hung(release: Callable[[int], None]) -> None:
+        release(3)
+        await hung
+
+    unit = [(k, 0, lambda k=k: acked.append(k)) for k in "abcd"]
+    await lanes.submit_batch(unit, three_answered_one_hung)
+    await asyncio.sleep(0)
+    assert not lanes.full  # the hung call holds one slot, not four
+    gate = asyncio.Event()
+    later = [(k, 0, lambda k=k: acked.append(k)) for k in "efg"]
+    await asyncio.wait_for(lanes.submit_batch(later, lambda release: gate.wait()), 1)
+    assert lanes.full  # 1 hung + 3 running: no wait for the hung call to take them
+    gate.set()
+    await asyncio.sleep(0.01)
+    assert acked == []  # acks still wait for the hung call, in offset order
+    assert not lanes.full
+    hung.set_result(None)
+    await lanes.drain()
+    assert acked == list("abcdefg")
+
+
+async def test_a_unit_cannot_give_back_more_than_it_took() -> None:
+    lanes = OrderedLanes(limit=4, on_error=_noop_error)
+
+    async def greedy(release: Callable[[int], None]) -> None:
+        release(3)
+        release(3)  # one more than it still held
+        release(100)
+
+    await lanes.submit_batch([(k, 0, lambda: None) for k in "abcd"], greedy)
+    await lanes.drain()  # and its end gives back nothing more
+    gate = asyncio.Event()
+    for k in "wxyz":
+        assert not lanes.full
+        await lanes.submit(k, 0, gate.wait, lambda: None)
+    assert lanes.full  # exactly four slots, not eight or more
+    gate.set()
+    await lanes.drain()
