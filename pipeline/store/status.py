@@ -82,6 +82,20 @@ class RetryRefused(PipelineError):
     """``pipeline retry`` was asked for something it must not do (the message says why)."""
 
 
+# What an operator action records of who and why, at most (the console's form says the same).
+MAX_ACTOR_CHARS = 100
+MAX_REASON_CHARS = 500
+
+
+def note_problem(actor: str, reason: str | None) -> str | None:
+    """Why an operator action's actor or reason cannot be recorded as given, or None."""
+    if len(actor) > MAX_ACTOR_CHARS:
+        return f"the actor is {len(actor)} characters long; at most {MAX_ACTOR_CHARS} are kept"
+    if reason is not None and len(reason) > MAX_REASON_CHARS:
+        return f"the reason is {len(reason)} characters long; at most {MAX_REASON_CHARS} are kept"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class StatusReport:
     # counts[kind][state]; every kind present in the table, every state present per kind
@@ -156,6 +170,9 @@ def retry(
     ``force``) rows whose resource has a later applied propagation, which a late retry of an
     older regrade would silently undo.
     """
+    too_long = note_problem(actor, reason)
+    if too_long is not None:
+        raise RetryRefused(too_long)
     with translated(f"retry of propagation {propagation_id} failed"), conn.transaction():
         row = conn.execute(LOCK_ROW_SQL, (propagation_id,)).fetchone()
         if row is None:

@@ -190,6 +190,9 @@ async def retry(request: Request) -> Response:
         return problem(request, 400, "Nothing to retry", f"Select 1 to {MAX_RETRY_IDS} ids.")
     if not operator or not reason:
         return problem(request, 400, "Who and why", "A retry needs your name and a reason.")
+    too_long = status_store.note_problem(operator, reason)
+    if too_long is not None:
+        return problem(request, 400, "Too long", f"Nothing was retried: {too_long}.")
     ids = sorted({int(i) for i in raw_ids})
     force = _field(form.get("force")) == "on"
     results = await run_in_threadpool(_retry_each, st, ids, operator, reason, force)

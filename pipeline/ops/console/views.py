@@ -15,6 +15,7 @@ from starlette.templating import Jinja2Templates
 from pipeline.ops.console.security import Guard
 from pipeline.ops.console.snapshots import Snapshotter
 from pipeline.runtime.config import Config
+from pipeline.store.status import MAX_ACTOR_CHARS, MAX_REASON_CHARS
 
 if TYPE_CHECKING:
     from pipeline.components.lag import LagMonitor
@@ -29,6 +30,7 @@ _env = jinja2.Environment(
 )
 # JSON to read, as plain text (autoescape then escapes it); ``tojson`` is for data blocks.
 _env.filters["json_text"] = lambda v: json.dumps(v, ensure_ascii=False, sort_keys=True)
+_env.globals["note_limits"] = {"actor": MAX_ACTOR_CHARS, "reason": MAX_REASON_CHARS}
 _templates = Jinja2Templates(env=_env)
 
 

@@ -262,6 +262,39 @@ def test_ids_that_are_not_bigints_get_a_clear_refusal(bad: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("operator", "reason", "says"),
+    [
+        ("o" * 101, "why", "the actor is 101 characters long; at most 100 are kept"),
+        ("me", "r" * 501, "the reason is 501 characters long; at most 500 are kept"),
+    ],
+)
+def test_a_retry_whose_name_or_reason_is_too_long_is_refused_whole(
+    operator: str, reason: str, says: str
+) -> None:
+    # The form's maxlength is the browser's; a script posting past it gets a 400, not a
+    # per-id refusal, and nothing is retried (the refusal comes before any database use).
+    app = ui_app.create_app(Config.from_env({"PIPELINE_UI_TOKEN": TOKEN}, ()))
+    guard: Guard = app.state.console.guard
+    nonce = "n" * 43
+    cookies = f"{CSRF_COOKIE}={nonce}; {SESSION_COOKIE}={guard.login(TOKEN)}"
+    form = f"csrf={guard.csrf_token(nonce)}&id=7&operator={operator}&reason={reason}"
+    status, page = _call(app, "POST", "/retry", form.encode(), cookies)
+    assert (status, f"Nothing was retried: {says}." in page) == (400, True), page
+
+
+def test_the_retry_form_and_the_store_keep_one_limit() -> None:
+    from pipeline.ops.console.views import _env
+    from pipeline.store import status
+
+    html = _env.get_template("_retry_fields.html").render(read_only=False, operator=True)
+    assert f'maxlength="{status.MAX_ACTOR_CHARS}"' in html
+    assert f'maxlength="{status.MAX_REASON_CHARS}"' in html
+    # and `pipeline retry` is refused the same way, before its transaction starts
+    with pytest.raises(status.RetryRefused, match="at most 500 are kept"):
+        status.retry(None, 7, reason="r" * 501, actor="me")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
     ("bind", "host", "served"),
     [
         ("127.0.0.1", HOST, True),
