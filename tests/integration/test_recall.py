@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from aiokafka import AIOKafkaProducer
+from harness import Pipeline
 from test_semantics import _outcome as outcome_bytes
 
 from pipeline.adapters.topics import ensure_topics
@@ -87,3 +90,20 @@ async def test_an_empty_topic_recalls_nothing(kafka_broker: KafkaBroker, topic_p
     assert await recall(kw, topic, [0, 1], memory, within=HOUR, max_entries=10) == 0
     assert await recall(kw, topic, [], memory, within=HOUR, max_entries=10) == 0
     assert not memory
+
+
+def test_the_worker_refuses_topics_of_different_partition_counts(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    p = make_pipeline()
+    outcomes = f"{p.prefix}propagation-outcomes"
+    asyncio.run(ensure_topics({"bootstrap_servers": p.bootstrap}, [outcomes], p.partitions + 2))
+    p.start("worker")
+    proc = p.procs.pop("worker")
+    assert proc.wait(timeout=90) == 2  # the CLI's code for a PipelineError (ops/cli.py main)
+    log = (p.logdir / "worker.log").read_text()
+    assert (
+        f"topic {p.prefix}propagations has {p.partitions} partitions but {outcomes} has "
+        f"{p.partitions + 2}: the worker reads the answers to command partition p from outcome "
+        "partition p"
+    ) in log

@@ -15,6 +15,7 @@ import faust
 from pipeline.adapters.faust_compat import leader_topic_name
 from pipeline.adapters.replication import Replication, TopicReplication, report
 from pipeline.adapters.topics import ensure_topics
+from pipeline.domain.errors import ConfigError
 from pipeline.runtime import logs
 from pipeline.runtime.config import Config
 from pipeline.runtime.metrics import Metrics
@@ -57,7 +58,27 @@ async def ensure_worker_topics(
             kw, [name], partitions, want.factor, want.min_insync, configs={name: configs}
         )
     report(results, metrics, _log)
+    check_partition_counts(results, cfg.commands_topic, cfg.outcomes_topic)
     return results
+
+
+def check_partition_counts(results: list[TopicReplication], commands: str, outcomes: str) -> None:
+    """Refuse to run on a commands and an outcomes topic of different partition counts.
+
+    The worker reads its answers to command partition p back from outcome partition p at each
+    assignment (recall.py), which holds only while both topics have one count: after one of
+    them alone gained partitions, redelivered commands would run again with no memory of
+    their answers.
+    """
+    counts = {r.topic: r.partitions for r in results}
+    have, answered = counts.get(commands), counts.get(outcomes)
+    if have != answered:
+        raise ConfigError(
+            f"topic {commands} has {have} partitions but {outcomes} has {answered}: the worker "
+            "reads the answers to command partition p from outcome partition p, so both need "
+            "the same count (add partitions to the smaller one: kafka-topics.sh --alter "
+            "--partitions N)"
+        )
 
 
 def worker_topic_names(cfg: Config) -> list[str]:

@@ -30,3 +30,20 @@ def test_status_names_the_same_topics_as_the_worker_creates(tmp_path: Any) -> No
     app = build_app(cfg, Metrics(["tier_elevation"]), lambda: None, None, Replication(3, 2))
     made = [cfg.commands_topic, cfg.outcomes_topic] + [n for n, _p, _c in faust_topics(app, 4)]
     assert worker_topic_names(cfg) == made
+
+
+def test_commands_and_outcomes_need_one_partition_count() -> None:
+    import pytest
+
+    from pipeline.adapters.replication import TopicReplication
+    from pipeline.components.worker.replicated import check_partition_counts
+    from pipeline.domain.errors import ConfigError
+
+    def topics(commands: int, outcomes: int) -> list[TopicReplication]:
+        return [TopicReplication("c", 1, 1, commands), TopicReplication("o", 1, 1, outcomes)]
+
+    check_partition_counts(topics(8, 8), "c", "o")
+    with pytest.raises(ConfigError, match="topic c has 8 partitions but o has 12"):
+        check_partition_counts(topics(8, 12), "c", "o")
+    with pytest.raises(ConfigError, match="topic c has 12 partitions but o has 8"):
+        check_partition_counts(topics(12, 8), "c", "o")
