@@ -31,6 +31,7 @@ from delivery_scenarios import (
 from input_scenarios import BAD_OUTBOX, bad_input, bad_input_checks, cardinality, cardinality_checks
 from retention_scenarios import RETENTION_SCENARIOS
 
+from pipeline.adapters.topics import partitions_for
 from pipeline.devtools.stack import procs
 
 
@@ -152,8 +153,10 @@ async def _kill_when_log_grows(bootstrap: str, topic: str, pid: int, ids: list[i
     )
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        tps = [
+            TopicPartition(topic, p)
+            for p in await partitions_for({"bootstrap_servers": bootstrap}, topic)
+        ]
         consumer.assign(tps)
         for tp, end in (await consumer.end_offsets(tps)).items():
             consumer.seek(tp, end)

@@ -11,6 +11,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from pipeline.adapters.topics import partitions_for
 from pipeline.devtools.stack import procs
 from pipeline.devtools.stack.kafka import KafkaBroker
 from pipeline.devtools.stack.postgres import PostgresCluster
@@ -72,8 +73,10 @@ async def _commit_zero(bootstrap: str, group: str, topic: str) -> None:
     )
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        tps = [
+            TopicPartition(topic, p)
+            for p in await partitions_for({"bootstrap_servers": bootstrap}, topic)
+        ]
         assert tps, f"topic {topic} has no partitions"
         consumer.assign(tps)
         await consumer.commit({tp: 0 for tp in tps})

@@ -19,8 +19,10 @@ import orjson
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipeline.adapters.topics import partitions_for
 from pipeline.components.supervisor import COMPONENTS
 from pipeline.devtools.stack.procs import free_port
+from pipeline.domain.errors import BrokerError
 from pipeline.runtime.exit_codes import ExitCode
 from pipeline.store.migrate import migrate
 
@@ -249,6 +251,13 @@ class RawMessage:
     value: bytes | None
 
 
+async def _partitions(bootstrap: str, topic: str) -> list[int]:
+    try:
+        return await partitions_for({"bootstrap_servers": bootstrap}, topic)
+    except BrokerError:  # not created yet: nothing to read
+        return []
+
+
 async def read_raw(bootstrap: str, topic: str) -> list[RawMessage]:
     """Every record of ``topic`` up to its end offsets when the read starts, in log order."""
     consumer = AIOKafkaConsumer(
@@ -256,9 +265,7 @@ async def read_raw(bootstrap: str, topic: str) -> list[RawMessage]:
     )
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = [TopicPartition(topic, p) for p in await _partitions(bootstrap, topic)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)

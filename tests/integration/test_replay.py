@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from harness import Pipeline
 from test_end_to_end import seeded
 
+from pipeline.adapters.topics import partitions_for
 from pipeline.devtools.fake_provisioner import FakeProvisioner
 
 pytestmark = pytest.mark.integration
@@ -63,8 +64,10 @@ async def _log_records(bootstrap: str, topic: str) -> dict[int, list[tuple[int, 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        tps = [
+            TopicPartition(topic, p)
+            for p in await partitions_for({"bootstrap_servers": bootstrap}, topic)
+        ]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
