@@ -291,10 +291,10 @@ async def test_a_delivery_that_fills_the_buffer_holds_the_loop_until_it_drains(
     assert holds == [8]
 
 
-async def test_a_hold_ends_when_flow_is_suspended(app: faust.App) -> None:
+async def held_at_the_high_mark(app: faust.App, queue: Any) -> asyncio.Future[Any]:
+    """The drain loop's ninth delivery into ``queue`` (of 10), held by the hold."""
     consumer = app.consumer
     faust_compat.deliver_eagerly(consumer)
-    queue = app.FlowControlQueue(maxsize=10)
     faust_compat.hold_delivery_under_pressure(consumer, queue)
     for i in range(8):
         await consumer.wait_first(pressing(queue, i), consumer.suspend_flow.wait())
@@ -303,6 +303,13 @@ async def test_a_hold_ends_when_flow_is_suspended(app: faust.App) -> None:
     )
     await asyncio.sleep(0.01)
     assert not held.done()
+    return held
+
+
+async def test_a_hold_ends_when_flow_is_suspended(app: faust.App) -> None:
+    consumer = app.consumer
+    queue = app.FlowControlQueue(maxsize=10)
+    held = await held_at_the_high_mark(app, queue)
     consumer.suspend_flow.set()
     try:
         result = await asyncio.wait_for(held, 1)
@@ -312,18 +319,8 @@ async def test_a_hold_ends_when_flow_is_suspended(app: faust.App) -> None:
 
 
 async def test_a_new_buffer_releases_a_loop_held_on_the_old_one(app: faust.App) -> None:
-    consumer = app.consumer
-    faust_compat.deliver_eagerly(consumer)
-    old = app.FlowControlQueue(maxsize=10)
-    faust_compat.hold_delivery_under_pressure(consumer, old)
-    for i in range(8):
-        await consumer.wait_first(pressing(old, i), consumer.suspend_flow.wait())
-    held = asyncio.ensure_future(
-        consumer.wait_first(pressing(old, 8), consumer.suspend_flow.wait())
-    )
-    await asyncio.sleep(0.01)
-    assert not held.done()
-    faust_compat.hold_delivery_under_pressure(consumer, app.FlowControlQueue(maxsize=10))
+    held = await held_at_the_high_mark(app, app.FlowControlQueue(maxsize=10))
+    faust_compat.hold_delivery_under_pressure(app.consumer, app.FlowControlQueue(maxsize=10))
     result = await asyncio.wait_for(held, 1)  # an agent restarted with a buffer of its own
     assert result.results == [8]
 
