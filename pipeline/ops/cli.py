@@ -13,6 +13,7 @@ from pipeline.domain.errors import PipelineError
 from pipeline.ops.options import add_command, load_config
 from pipeline.runtime import config
 from pipeline.runtime.config import Config
+from pipeline.runtime.exit_codes import ExitCode
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -166,9 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc: int = args.func(args)
     except PipelineError as exc:
         print(f"pipeline {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.ERROR
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     return rc
 
 

@@ -17,6 +17,9 @@ class ExitCode(enum.IntEnum):
     # Any failure; also the worker that stopped without draining its in-flight commands.
     FAILED = 1
     NOT_DRAINED = 1
+    # A PipelineError: bad configuration, or a refusal or failure the message explains (and
+    # argparse's own code for a bad command line).
+    ERROR = 2
     # A component asking its supervisor for a restart (the worker after a stall or a gap).
     RESTART = 3
     # An operator command that answered with part of what it was asked (a broker down).

@@ -16,6 +16,7 @@ from pipeline.components.worker.recall import recall, recorded
 from pipeline.components.worker.seen import BoundedDict
 from pipeline.devtools.stack.kafka import KafkaBroker
 from pipeline.domain.events import Outcome
+from pipeline.runtime.exit_codes import ExitCode
 
 HOUR = timedelta(hours=1)
 
@@ -100,7 +101,7 @@ def test_the_worker_refuses_topics_of_different_partition_counts(
     asyncio.run(ensure_topics({"bootstrap_servers": p.bootstrap}, [outcomes], p.partitions + 2))
     p.start("worker")
     proc = p.procs.pop("worker")
-    assert proc.wait(timeout=90) == 2  # the CLI's code for a PipelineError (ops/cli.py main)
+    assert proc.wait(timeout=90) == ExitCode.ERROR
     log = (p.logdir / "worker.log").read_text()
     assert (
         f"topic {p.prefix}propagations has {p.partitions} partitions but {outcomes} has "

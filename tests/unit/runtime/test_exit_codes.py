@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.runtime.exit_codes import ExitCode
 
 
@@ -12,12 +14,22 @@ def test_the_codes_keep_their_values() -> None:
     assert {c.name: int(c) for c in ExitCode} == {
         "OK": 0,
         "FAILED": 1,
+        "ERROR": 2,
         "RESTART": 3,
         "PARTIAL": 4,
         "REFUSED": 5,
         "INTERRUPTED": 130,
     }
     assert ExitCode.NOT_DRAINED is ExitCode.FAILED
+
+
+def test_a_pipeline_error_exits_with_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.ops.cli import main
+
+    # A database that refuses the connection: a StoreError, said on stderr.
+    argv = ["retry", "7", "--reason", "why", "--database-url", "postgresql://x@127.0.0.1:1/x"]
+    assert main(argv) == ExitCode.ERROR == 2
+    assert capsys.readouterr().err.startswith("pipeline retry: ")
 
 
 def test_exit_now_ends_the_process_with_the_code_and_flushed_logs() -> None:
